@@ -1,0 +1,6 @@
+//! The built-in dictionary (temporary minimal table).
+use super::Dictionary;
+
+pub(super) fn build() -> Dictionary {
+    Dictionary::new()
+}
