@@ -324,11 +324,20 @@ mod tests {
     #[test]
     fn malformed_avps() {
         let b = [0u8; 4];
-        assert!(matches!(AvpIter::new(&b).next(), Some(Err(DecodeError::TruncatedAvpHeader { offset: 0, available: 4, .. }))));
+        assert!(matches!(
+            AvpIter::new(&b).next(),
+            Some(Err(DecodeError::TruncatedAvpHeader { offset: 0, available: 4, .. }))
+        ));
         let b = avp_bytes(1, 0, 7, None, &[]);
-        assert!(matches!(AvpIter::new(&b).next(), Some(Err(DecodeError::AvpTooShort { length: 7, header_len: 8, .. }))));
+        assert!(matches!(
+            AvpIter::new(&b).next(),
+            Some(Err(DecodeError::AvpTooShort { length: 7, header_len: 8, .. }))
+        ));
         let b = avp_bytes(1, 0, 40, None, &[1, 2, 3, 4]);
-        assert!(matches!(AvpIter::new(&b).next(), Some(Err(DecodeError::AvpOverrunsGroup { length: 40, end: 12, .. }))));
+        assert!(matches!(
+            AvpIter::new(&b).next(),
+            Some(Err(DecodeError::AvpOverrunsGroup { length: 40, end: 12, .. }))
+        ));
         // V flag, 8-byte AVP at the end of the container: no room for Vendor-Id.
         let b = avp_bytes(1, 0x80, 8, None, &[]);
         assert!(matches!(AvpIter::new(&b).next(), Some(Err(DecodeError::MissingVendorId { .. }))));

@@ -129,7 +129,9 @@ pub enum DecodeError {
         end: usize,
     },
     /// The V flag is set but there is no room for the 4-byte Vendor-Id.
-    #[error("byte {offset}: AVP {code} has the Vendor-Specific flag but no room for the Vendor-Id ({available} bytes)")]
+    #[error(
+        "byte {offset}: AVP {code} has the Vendor-Specific flag but no room for the Vendor-Id ({available} bytes)"
+    )]
     MissingVendorId {
         /// Offset of the AVP.
         offset: usize,

@@ -127,9 +127,15 @@ mod tests {
         assert_eq!(check_frame(&[], 100), Ok(FrameStatus::Incomplete { need: 20 }));
         assert_eq!(check_frame(&[1, 0], 100), Ok(FrameStatus::Incomplete { need: 18 }));
         assert_eq!(check_frame(&[1, 0, 0, 24, 0], 100), Ok(FrameStatus::Incomplete { need: 19 }));
-        assert_eq!(check_frame(&[1, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], 100), Ok(FrameStatus::Complete { len: 20 }));
+        assert_eq!(
+            check_frame(&[1, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], 100),
+            Ok(FrameStatus::Complete { len: 20 })
+        );
         assert_eq!(check_frame(&[2], 100), Err(DecodeError::BadVersion { offset: 0, version: 2 }));
-        assert!(matches!(check_frame(&[1, 0xff, 0xff, 0xfc], 1 << 20), Err(DecodeError::MessageTooLarge { length: 0xff_fffc, .. })));
+        assert!(matches!(
+            check_frame(&[1, 0xff, 0xff, 0xfc], 1 << 20),
+            Err(DecodeError::MessageTooLarge { length: 0xff_fffc, .. })
+        ));
     }
 
     #[test]

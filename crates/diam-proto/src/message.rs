@@ -143,7 +143,10 @@ impl Message {
         let mut b = MessageBuilder::new(flags, h.command_code, h.application_id)
             .hop_by_hop(h.hop_by_hop)
             .end_to_end(h.end_to_end);
-        if let Some(Ok(sid)) = request.avps().find(|a| matches!(a, Ok(a) if a.code() == crate::avps::SESSION_ID.code() && a.vendor_id().is_none())) {
+        if let Some(Ok(sid)) = request
+            .avps()
+            .find(|a| matches!(a, Ok(a) if a.code() == crate::avps::SESSION_ID.code() && a.vendor_id().is_none()))
+        {
             b = b.copy_avp(&sid);
         }
         b
@@ -233,7 +236,10 @@ impl Message {
     }
 
     /// Every top-level AVP matching `key`, decoded as `T`.
-    pub fn get_all<'a, T: AvpType + 'a>(&'a self, key: AvpKey<T>) -> impl Iterator<Item = Result<T::Value<'a>, DecodeError>> + 'a {
+    pub fn get_all<'a, T: AvpType + 'a>(
+        &'a self,
+        key: AvpKey<T>,
+    ) -> impl Iterator<Item = Result<T::Value<'a>, DecodeError>> + 'a {
         self.avps().filter_map(Result::ok).filter(move |a| key.matches(a)).map(|a| T::decode(&a))
     }
 
@@ -314,7 +320,13 @@ fn put_raw(buf: &mut BytesMut, code: u32, flags: AvpFlags, vendor_id: Option<u32
 
 /// Writes a group: header, children via `f`, then patches the length once.
 #[inline]
-fn put_group(buf: &mut BytesMut, code: u32, flags: AvpFlags, vendor_id: Option<u32>, f: impl FnOnce(&mut GroupBuilder<'_>)) {
+fn put_group(
+    buf: &mut BytesMut,
+    code: u32,
+    flags: AvpFlags,
+    vendor_id: Option<u32>,
+    f: impl FnOnce(&mut GroupBuilder<'_>),
+) {
     let at = put_avp_header(buf, code, flags, vendor_id, 0);
     let start = buf.len();
     f(&mut GroupBuilder { buf });
@@ -422,7 +434,13 @@ impl MessageBuilder {
     }
 
     /// Appends a Grouped AVP with an explicit code, flags and vendor.
-    pub fn raw_group(mut self, code: u32, flags: AvpFlags, vendor_id: Option<u32>, f: impl FnOnce(&mut GroupBuilder<'_>)) -> Self {
+    pub fn raw_group(
+        mut self,
+        code: u32,
+        flags: AvpFlags,
+        vendor_id: Option<u32>,
+        f: impl FnOnce(&mut GroupBuilder<'_>),
+    ) -> Self {
         put_group(&mut self.buf, code, flags, vendor_id, f);
         self
     }
@@ -493,7 +511,13 @@ impl GroupBuilder<'_> {
         self
     }
     /// Appends a nested Grouped AVP with an explicit code, flags and vendor.
-    pub fn raw_group(&mut self, code: u32, flags: AvpFlags, vendor_id: Option<u32>, f: impl FnOnce(&mut GroupBuilder<'_>)) -> &mut Self {
+    pub fn raw_group(
+        &mut self,
+        code: u32,
+        flags: AvpFlags,
+        vendor_id: Option<u32>,
+        f: impl FnOnce(&mut GroupBuilder<'_>),
+    ) -> &mut Self {
         put_group(self.buf, code, flags, vendor_id, f);
         self
     }

@@ -588,7 +588,14 @@ impl TimeValue {
     /// Parses the `YYYY-MM-DDTHH:MM:SSZ` form produced by `Display`.
     pub fn parse_rfc3339(s: &str) -> Option<TimeValue> {
         let b = s.as_bytes();
-        if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+        if b.len() != 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'Z'
+        {
             return None;
         }
         let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse::<u32>().ok().map(i64::from) };
@@ -676,7 +683,10 @@ mod tests {
         assert_eq!(TimeValue(0).to_string(), "2036-02-07T06:28:16Z");
         assert_eq!(TimeValue(0x8000_0000).to_string(), "1968-01-20T03:14:08Z");
         assert_eq!(TimeValue(0x7fff_ffff).to_string(), "2104-02-26T09:42:23Z");
-        assert_eq!(TimeValue::parse_rfc3339("2026-11-24T09:26:17Z").map(|t| t.to_string()).as_deref(), Some("2026-11-24T09:26:17Z"));
+        assert_eq!(
+            TimeValue::parse_rfc3339("2026-11-24T09:26:17Z").map(|t| t.to_string()).as_deref(),
+            Some("2026-11-24T09:26:17Z")
+        );
         assert_eq!(TimeValue::parse_rfc3339("1900-01-01T00:00:00Z"), None);
         assert_eq!(TimeValue::parse_rfc3339("2026-02-30T00:00:00Z"), None);
         assert_eq!(TimeValue::parse_rfc3339("2026-02-01 00:00:00"), None);
@@ -695,8 +705,23 @@ mod tests {
     fn data_type_names_round_trip() {
         use DataType::*;
         for t in [
-            OctetString, Integer32, Integer64, Unsigned32, Unsigned64, Float32, Float64, Grouped, Address, Time,
-            Utf8String, DiameterIdentity, DiameterUri, Enumerated, IpFilterRule, QosFilterRule, IpAddress,
+            OctetString,
+            Integer32,
+            Integer64,
+            Unsigned32,
+            Unsigned64,
+            Float32,
+            Float64,
+            Grouped,
+            Address,
+            Time,
+            Utf8String,
+            DiameterIdentity,
+            DiameterUri,
+            Enumerated,
+            IpFilterRule,
+            QosFilterRule,
+            IpAddress,
         ] {
             assert_eq!(DataType::from_name(t.name()), Some(t));
         }
