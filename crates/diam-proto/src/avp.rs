@@ -91,6 +91,7 @@ pub struct Avp<'a> {
     offset: u32,
     data_start: u32,
     data_end: u32,
+    pad_end: u32,
     code: u32,
     vendor_id: Option<u32>,
     flags: AvpFlags,
@@ -136,6 +137,14 @@ impl<'a> Avp<'a> {
     #[inline]
     pub fn raw(&self) -> &'a [u8] {
         &self.buf[self.offset as usize..self.data_end as usize]
+    }
+    /// Header, payload and the padding bytes as received (padding should be
+    /// zero but is kept as-is, so copies are byte-identical). Shorter than
+    /// the padded length only for the last AVP of a group whose length
+    /// leaves the padding out.
+    #[inline]
+    pub fn raw_padded(&self) -> &'a [u8] {
+        &self.buf[self.offset as usize..self.pad_end as usize]
     }
 
     /// The payload decoded as type `T`.
@@ -240,6 +249,7 @@ impl<'a> AvpIter<'a> {
             offset: pos as u32,
             data_start: (pos + header_len) as u32,
             data_end: (pos + len) as u32,
+            pad_end: next as u32,
             code,
             vendor_id,
             flags,

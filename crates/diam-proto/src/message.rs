@@ -409,8 +409,8 @@ impl MessageBuilder {
         self
     }
 
-    /// Appends a copy of a decoded AVP, byte for byte (flags, reserved bits
-    /// and vendor included).
+    /// Appends a copy of a decoded AVP, byte for byte (flags, reserved bits,
+    /// vendor and padding bytes included).
     pub fn copy_avp(mut self, avp: &Avp<'_>) -> Self {
         copy_raw(&mut self.buf, avp);
         self
@@ -445,6 +445,21 @@ impl MessageBuilder {
         self
     }
 
+    /// Appends AVPs through a [`GroupBuilder`], for code that builds
+    /// messages and groups the same way (e.g. from a dynamic description).
+    ///
+    /// ```
+    /// use diam_proto::{Message, avps};
+    /// let m = Message::request(0, 280).with_avps(|w| {
+    ///     w.avp(avps::ORIGIN_HOST, "a.example.com").avp(avps::ORIGIN_REALM, "example.com");
+    /// }).build();
+    /// assert_eq!(m.avps().count(), 2);
+    /// ```
+    pub fn with_avps(mut self, f: impl FnOnce(&mut GroupBuilder<'_>)) -> Self {
+        f(&mut GroupBuilder { buf: &mut self.buf });
+        self
+    }
+
     /// Bytes written so far for this message.
     pub fn len(&self) -> usize {
         self.buf.len() - self.start
@@ -476,7 +491,7 @@ impl MessageBuilder {
 }
 
 fn copy_raw(buf: &mut BytesMut, avp: &Avp<'_>) {
-    let raw = avp.raw();
+    let raw = avp.raw_padded();
     buf.reserve(padded(raw.len()));
     buf.put_slice(raw);
     put_padding(buf, raw.len());
