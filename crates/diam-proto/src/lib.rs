@@ -46,6 +46,7 @@ mod framing;
 mod header;
 mod message;
 pub mod types;
+pub mod watchdog;
 
 pub use avp::{Avp, AvpFlags, AvpIter};
 pub use codes::{apps, avps, commands, disconnect_cause, result_codes, vendors};
