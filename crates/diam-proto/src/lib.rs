@@ -45,6 +45,7 @@ mod error;
 mod framing;
 mod header;
 mod message;
+pub mod peer;
 pub mod types;
 pub mod watchdog;
 

@@ -287,6 +287,16 @@ impl Watchdog {
         }
     }
 
+    /// Forgets the connection after a clean close (DPR/DPA): back to
+    /// `Initial`, so the next open is OKAY at once. Emits no event.
+    pub fn reset(&mut self) {
+        self.state = WatchdogState::Initial;
+        self.deadline = None;
+        self.pending = false;
+        self.misses = 0;
+        self.reopen_dwas = 0;
+    }
+
     /// The timer returned by [`poll_timeout`](Self::poll_timeout) fired.
     /// Calling it early does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
