@@ -224,7 +224,7 @@ pub mod avps {
         /// Accounting-Sub-Session-Id (287).
         ACCOUNTING_SUB_SESSION_ID: Unsigned64 = 287, mandatory;
         /// Authorization-Lifetime (291).
-        AUTHORIZATION_LIFETIME: Integer32 = 291, mandatory;
+        AUTHORIZATION_LIFETIME: Unsigned32 = 291, mandatory;
         /// Redirect-Host (292).
         REDIRECT_HOST: DiameterUri = 292, mandatory;
         /// Destination-Host (293).

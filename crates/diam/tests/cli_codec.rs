@@ -112,23 +112,70 @@ fn decode_then_encode_is_byte_identical() {
     assert_eq!(bytes.stdout, m.as_bytes());
 }
 
+/// A Wireshark-format dictionary with AVPs of the types the built-in one
+/// does not use.
+const EXTRA_DICT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<dictionary>
+  <base uri="test">
+    <typedefn type-name="Float32"/>
+    <typedefn type-name="Float64"/>
+    <typedefn type-name="IPAddress" type-parent="OctetString"/>
+    <avp name="Test-Float32" code="65001" mandatory="mustnot"><type type-name="Float32"/></avp>
+    <avp name="Test-Float64" code="65002" mandatory="mustnot"><type type-name="Float64"/></avp>
+    <avp name="Test-IP" code="200" mandatory="mustnot"><type type-name="IPAddress"/></avp>
+  </base>
+</dictionary>
+"#;
+
 #[test]
-fn several_messages_and_floats() {
+fn several_messages_floats_and_extra_dictionary() {
+    let dir = std::env::temp_dir().join(format!("diam-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dict = dir.join("extra.xml");
+    std::fs::write(&dict, EXTRA_DICT).unwrap();
+    let dict = dict.to_str().unwrap();
+
     let f = Message::request(0, 1)
-        .avp(AvpKey::<Float32>::new(1), 0.1f32)
-        .avp(AvpKey::<Float64>::new(1), f64::MIN_POSITIVE)
-        .avp(AvpKey::<Unsigned64>::new(1), 0u64)
+        .avp(AvpKey::<Float32>::new(65001), 0.1f32)
+        .avp(AvpKey::<Float32>::new(65001), f32::NAN)
+        .avp(AvpKey::<Float64>::new(65002), f64::MIN_POSITIVE)
+        .avp(AvpKey::<Float64>::new(65002), -0.0f64)
+        .avp(AvpKey::<Float64>::new(65002), f64::INFINITY)
+        .avp(AvpKey::<diam_proto::types::IpAddress>::new(200), std::net::IpAddr::V6(Ipv6Addr::LOCALHOST))
+        .avp(AvpKey::<Unsigned64>::new(65004), 0u64)
         .build();
     let dwr = Message::request(0, 280).avp(avps::ORIGIN_HOST, "a").avp(avps::ORIGIN_REALM, "b").build();
     let mut input = hex(f.as_bytes());
     input.push('\n');
     input.push_str(&hex(dwr.as_bytes()));
-    let out = diam(&["decode", "--hex"], input.as_bytes());
-    assert!(out.status.success());
-    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    let out = diam(&["decode", "--hex", "--dict", dict], input.as_bytes());
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    let a = &v["avps"];
+    assert_eq!(a[0]["name"], "Test-Float32");
+    assert_eq!(a[0]["value"].as_f64().unwrap() as f32, 0.1f32);
+    assert_eq!(a[1]["value"], format!("0x{}", hex(&f32::NAN.to_be_bytes())));
+    assert_eq!(a[2]["value"].as_f64().unwrap(), f64::MIN_POSITIVE);
+    assert_eq!(a[4]["value"], "0x7ff0000000000000");
+    assert_eq!(a[5]["type"], "IPAddress");
+    assert_eq!(a[5]["value"], "::1");
+    assert_eq!(a[6]["type"], "Unknown");
     let v: Value = serde_json::from_str(lines[1]).unwrap();
     assert_eq!(v["command_name"], "Device-Watchdog-Request");
+
+    // Both messages re-encode byte for byte, -0.0 and NaN included.
+    let back = diam(&["encode", "--hex", "--dict", dict], text.as_bytes());
+    assert!(back.status.success(), "stderr: {}", String::from_utf8_lossy(&back.stderr));
+    let expected = format!("{}\n{}\n", hex(f.as_bytes()), hex(dwr.as_bytes()));
+    assert_eq!(String::from_utf8(back.stdout).unwrap(), expected);
+
+    // A dictionary file that does not exist is a usage error.
+    let missing = diam(&["decode", "--dict", "/nonexistent/dict.xml"], dwr.as_bytes());
+    assert_eq!(missing.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -18,7 +18,10 @@ use crate::message::Message;
 use crate::types::DataType;
 
 mod builtin;
-// WIRESHARK_PLACEHOLDER
+#[cfg(feature = "xml")]
+mod wireshark;
+#[cfg(feature = "xml")]
+pub use wireshark::{DictError, LoadStats};
 
 /// Deepest nesting of Grouped AVPs that validation and rendering descend
 /// into. Real applications nest a handful of levels; the bound keeps a
@@ -214,7 +217,11 @@ impl Dictionary {
     /// Adds or replaces a command definition.
     pub fn insert_command(&mut self, def: CommandDef) {
         self.command_names.insert(def.name.clone(), def.code);
-        self.commands.insert(def.code, def);
+        if let Some(old) = self.commands.insert(def.code, def) {
+            if self.command_names.get(&old.name) == Some(&old.code) && self.commands[&old.code].name != old.name {
+                self.command_names.remove(&old.name);
+            }
+        }
     }
 
     /// Adds or replaces an application name.
