@@ -319,8 +319,12 @@ pub enum CloseReason {
     },
     /// The transport closed or failed.
     TransportClosed,
-    /// The peer broke the protocol (e.g. traffic before the CER).
+    /// The peer broke the protocol (e.g. traffic before the CER, or a
+    /// corrupt frame).
     ProtocolError(String),
+    /// A write made no progress within the write timeout (the peer stopped
+    /// reading).
+    WriteTimeout,
 }
 
 impl CloseReason {
@@ -362,6 +366,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::LocalDisconnect { cause } => write!(f, "local disconnect ({})", cause_name(*cause)),
             CloseReason::TransportClosed => f.write_str("transport closed"),
             CloseReason::ProtocolError(m) => write!(f, "protocol error: {m}"),
+            CloseReason::WriteTimeout => f.write_str("write timed out (peer not reading)"),
         }
     }
 }
@@ -543,7 +548,8 @@ impl PeerConnection {
             Role::Initiator => {
                 let hbh = self.ids.next_hop_by_hop();
                 let e2e = self.ids.next_end_to_end();
-                let cer = self.capabilities(Message::request(apps::COMMON, commands::CAPABILITIES_EXCHANGE))
+                let cer = self
+                    .capabilities(Message::request(apps::COMMON, commands::CAPABILITIES_EXCHANGE))
                     .hop_by_hop(hbh)
                     .end_to_end(e2e)
                     .build();
@@ -661,7 +667,8 @@ impl PeerConnection {
                 )));
             }
             (_, true, commands::DEVICE_WATCHDOG) if base => {
-                let dwa = self.answer(&msg, result_codes::DIAMETER_SUCCESS)
+                let dwa = self
+                    .answer(&msg, result_codes::DIAMETER_SUCCESS)
                     .avp(avps::ORIGIN_STATE_ID, self.config.origin_state_id)
                     .build();
                 self.transmit.push_back(dwa);
@@ -760,9 +767,7 @@ impl PeerConnection {
     /// CEA head: Result-Code first, then the capabilities body (which
     /// writes Origin-Host/Realm itself).
     fn answer_head(&self, req: &Message, result_code: u32) -> MessageBuilder {
-        Message::answer_to(req)
-            .error(result_codes::class(result_code) == 3)
-            .avp(avps::RESULT_CODE, result_code)
+        Message::answer_to(req).error(result_codes::class(result_code) == 3).avp(avps::RESULT_CODE, result_code)
     }
 
     /// Starts a graceful close: DPR with `cause`, then wait for the DPA
@@ -788,6 +793,12 @@ impl PeerConnection {
             PeerState::Closing | PeerState::Closed | PeerState::Failed => {}
             _ => self.close(CloseReason::LocalDisconnect { cause }),
         }
+    }
+
+    /// The driver detected a failure the protocol machine cannot see (a
+    /// corrupt frame, a stalled write): the connection is over.
+    pub fn fail(&mut self, reason: CloseReason) {
+        self.close(reason);
     }
 
     /// The transport closed or failed.
@@ -898,7 +909,11 @@ pub fn result_code(answer: &Message) -> Option<u32> {
         return Some(rc);
     }
     let group = answer.find(avps::EXPERIMENTAL_RESULT)?;
-    group.group().flatten().find(|a| a.code() == avps::EXPERIMENTAL_RESULT_CODE.code()).and_then(|a| Unsigned32::decode(&a).ok())
+    group
+        .group()
+        .flatten()
+        .find(|a| a.code() == avps::EXPERIMENTAL_RESULT_CODE.code())
+        .and_then(|a| Unsigned32::decode(&a).ok())
 }
 
 #[cfg(test)]

@@ -14,9 +14,12 @@ pub(crate) fn load_dictionary(args: &DictArgs) -> Result<Dictionary, Failure> {
     if args.wireshark {
         match Dictionary::wireshark_system() {
             Some(path) => {
-                dict.load_wireshark_file(path).map_err(|e| Failure::input(format!("loading {}: {e}", path.display())))?;
+                dict.load_wireshark_file(path)
+                    .map_err(|e| Failure::input(format!("loading {}: {e}", path.display())))?;
             }
-            None => eprintln!("diam: warning: --wireshark: no Wireshark dictionary installed (package libwireshark-data)"),
+            None => {
+                eprintln!("diam: warning: --wireshark: no Wireshark dictionary installed (package libwireshark-data)")
+            }
         }
     }
     for path in &args.dict {
@@ -102,7 +105,8 @@ pub(crate) fn decode(args: &DecodeArgs) -> Result<(), Failure> {
 }
 
 fn malformed(index: usize, e: &DecodeError) -> Failure {
-    Failure::input(format!("malformed message #{} at byte {}: {e}", index + 1, e.offset()))
+    // The error text starts with "byte N:", the offset from the input start.
+    Failure::input(format!("malformed message #{}: {e}", index + 1))
 }
 
 pub(crate) fn encode(args: &EncodeArgs) -> Result<(), Failure> {
@@ -113,7 +117,12 @@ pub(crate) fn encode(args: &EncodeArgs) -> Result<(), Failure> {
     let mut count = 0;
     for (index, value) in serde_json::Deserializer::from_slice(&raw).into_iter::<serde_json::Value>().enumerate() {
         let value = value.map_err(|e| {
-            Failure::input(format!("message #{}: invalid JSON at line {} column {}: {e}", index + 1, e.line(), e.column()))
+            Failure::input(format!(
+                "message #{}: invalid JSON at line {} column {}: {e}",
+                index + 1,
+                e.line(),
+                e.column()
+            ))
         })?;
         let msg = crate::json::json_to_message(&value, &dict)
             .map_err(|e| Failure::input(format!("message #{}: {e}", index + 1)))?;

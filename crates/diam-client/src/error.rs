@@ -1,0 +1,120 @@
+//! Errors of the Diameter driver.
+
+use std::io;
+
+use diam_proto::peer::{CloseReason, PeerState};
+
+/// Why a request, a connection or a server operation failed.
+///
+/// Use the `is_*` helpers rather than matching where possible: variants may
+/// be added.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The TCP connection could not be made.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The TCP connection was not made within the connect timeout.
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(std::net::SocketAddr),
+    /// The peer answered our CER with an error Result-Code (e.g. 5010 no
+    /// common application, 3010 unknown peer).
+    #[error("capabilities exchange refused with Result-Code {result_code}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    HandshakeFailed {
+        /// The CEA's Result-Code.
+        result_code: u32,
+        /// The CEA's Error-Message, if any.
+        message: Option<String>,
+    },
+    /// No CEA arrived within the CER timeout.
+    #[error("capabilities exchange timed out")]
+    HandshakeTimeout,
+    /// The connection failed while the request was outstanding (or before
+    /// it could be sent).
+    #[error("connection lost: {0}")]
+    ConnectionLost(CloseReason),
+    /// The connection is closed (locally, or cleanly by the peer).
+    #[error("connection closed")]
+    Closed,
+    /// No answer within the request timeout.
+    #[error("request timed out")]
+    Timeout,
+    /// The pending-request table is full (`try_send`).
+    #[error("too many requests in flight")]
+    Overloaded,
+    /// The connection cannot carry requests right now (watchdog SUSPECT or
+    /// REOPEN, or closing).
+    #[error("connection not available for requests (state {})", .0.name())]
+    NotAvailable(PeerState),
+    /// The message is not a request, or is too large.
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+}
+
+impl Error {
+    /// The request or handshake timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout | Error::HandshakeTimeout | Error::ConnectTimeout(_))
+    }
+    /// The connection is gone (lost or closed).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::ConnectionLost(_) | Error::Closed)
+    }
+    /// The connection failed under the request.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::ConnectionLost(_))
+    }
+    /// Backpressure: too many requests in flight.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Error::Overloaded)
+    }
+    /// The capabilities exchange failed; the Result-Code when the peer sent one.
+    pub fn handshake_result_code(&self) -> Option<u32> {
+        match self {
+            Error::HandshakeFailed { result_code, .. } => Some(*result_code),
+            _ => None,
+        }
+    }
+
+    /// The error a connection-level [`CloseReason`] means for a caller.
+    pub(crate) fn from_close(reason: &CloseReason) -> Error {
+        match reason {
+            CloseReason::HandshakeFailed { result_code, message } => {
+                Error::HandshakeFailed { result_code: *result_code, message: message.clone() }
+            }
+            CloseReason::HandshakeTimeout => Error::HandshakeTimeout,
+            CloseReason::LocalDisconnect { .. } => Error::Closed,
+            other => Error::ConnectionLost(other.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_send_sync() {
+        fn check<T: Send + Sync + 'static + std::error::Error>() {}
+        check::<Error>();
+    }
+
+    #[test]
+    fn helpers() {
+        assert!(Error::Timeout.is_timeout());
+        assert!(Error::ConnectionLost(CloseReason::TransportClosed).is_closed());
+        assert!(Error::Overloaded.is_overloaded());
+        let e = Error::from_close(&CloseReason::HandshakeFailed { result_code: 5010, message: None });
+        assert_eq!(e.handshake_result_code(), Some(5010));
+        assert_eq!(e.to_string(), "capabilities exchange refused with Result-Code 5010");
+    }
+}

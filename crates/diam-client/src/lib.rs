@@ -1,0 +1,35 @@
+//! tokio driver for Diameter (RFC 6733): peer connections and a server.
+//!
+//! * [`Peer`]: a client connection. One task owns the socket; callers
+//!   submit through a bounded channel and the task coalesces every queued
+//!   request into one write. Pending requests are bounded (`max_pending`);
+//!   each ends with its answer or a typed [`Error`] by its deadline. A
+//!   failure (EOF, read or write error, a stalled write, watchdog DOWN, DPR)
+//!   completes every pending request at once with
+//!   [`Error::ConnectionLost`] and fires the `on_failure` callback.
+//! * [`Server`]: accepts connections and serves application requests with
+//!   a [`Handler`]; shutdown sends DPR to every peer.
+//!
+//! The protocol logic (capabilities exchange, RFC 3539 watchdog, DPR/DPA)
+//! is the sans-IO [`diam_proto::peer::PeerConnection`]; this crate adds
+//! sockets and timers.
+//!
+//! Dependencies: `tokio` (runtime, sockets, timers, channels), `bytes`,
+//! `tracing` for logs, `thiserror` for errors.
+#![warn(missing_docs)]
+
+mod config;
+mod conn;
+mod error;
+mod handler;
+mod peer;
+mod server;
+
+pub use config::ConnectionConfig;
+pub use conn::{ConnectionStats, FailureCallback, FailureInfo, Hooks};
+pub use error::Error;
+pub use handler::{handler_fn, Handler, HandlerFuture};
+pub use peer::Peer;
+pub use server::Server;
+
+pub use diam_proto::peer::{CloseReason, PeerInfo, PeerState};
