@@ -212,23 +212,23 @@ fn malformed_inputs_exit_2_with_offset() {
     // Bump the first AVP's length past the end of the message.
     b[25..28].copy_from_slice(&[0x00, 0xff, 0x00]);
     let out = diam(&["decode"], &b);
-    assert_input_error(&out, "at byte 20");
+    assert_input_error(&out, "byte 20:");
 
     // Second message corrupt: its offset counts from the input start.
     let mut two = good.as_bytes().to_vec();
     let mut bad = good.as_bytes().to_vec();
     bad[0] = 7;
     two.extend_from_slice(&bad);
-    assert_input_error(&diam(&["decode"], &two), &format!("at byte {}", good.len()));
+    assert_input_error(&diam(&["decode"], &two), &format!("byte {}:", good.len()));
 
     // Truncated input.
     assert_input_error(&diam(&["decode"], &good.as_bytes()[..30]), "truncated");
     // A 3-byte Result-Code inside an otherwise valid message.
     let m = Message::request(0, 1).raw_avp(268, AvpFlags::from_bits(0x40), None, &[0, 7, 0xd1]).build();
-    assert_input_error(&diam(&["decode"], m.as_bytes()), "at byte 28");
+    assert_input_error(&diam(&["decode"], m.as_bytes()), "byte 28:");
     // Invalid UTF-8 in a UTF8String.
     let m = Message::request(0, 1).raw_avp(263, AvpFlags::from_bits(0x40), None, b"\xff").build();
-    assert_input_error(&diam(&["decode"], m.as_bytes()), "at byte 28");
+    assert_input_error(&diam(&["decode"], m.as_bytes()), "byte 28:");
     // Bad hex, odd hex, empty input.
     assert_input_error(&diam(&["decode", "--hex"], b"01zz"), "character 2");
     assert_input_error(&diam(&["decode", "--hex"], b"010"), "odd number");
