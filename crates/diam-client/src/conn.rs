@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
-use crate::{ConnectionConfig, Error, Handler};
+use crate::{ConnectionConfig, Error, Handler, Response};
 
 /// A caller's message to the connection task.
 #[derive(Debug)]
@@ -190,7 +190,7 @@ pub(crate) struct Task {
     pub(crate) opened: Option<oneshot::Sender<Result<(), Error>>>,
     pending: HashMap<u32, Pending>,
     expiry: BinaryHeap<Reverse<(Instant, u32)>>,
-    handlers: JoinSet<Option<Message>>,
+    handlers: JoinSet<Response>,
     handler_requests: HashMap<tokio::task::Id, Message>,
     closing: Option<Closing>,
 }
@@ -376,15 +376,16 @@ impl Task {
         self.handler_requests.insert(abort.id(), req);
     }
 
-    fn handler_done(&mut self, done: Result<(tokio::task::Id, Option<Message>), tokio::task::JoinError>) {
+    fn handler_done(&mut self, done: Result<(tokio::task::Id, Response), tokio::task::JoinError>) {
         let (id, answer) = match done {
             Ok((id, answer)) => (id, Ok(answer)),
             Err(e) => (e.id(), Err(e)),
         };
         let Some(req) = self.handler_requests.remove(&id) else { return };
         match answer {
-            Ok(Some(ans)) => self.peer.send_answer(ans),
-            Ok(None) => self.answer_error(&req, result_codes::DIAMETER_COMMAND_UNSUPPORTED),
+            Ok(Response::Answer(ans)) => self.peer.send_answer(ans),
+            Ok(Response::CommandUnsupported) => self.answer_error(&req, result_codes::DIAMETER_COMMAND_UNSUPPORTED),
+            Ok(Response::NoAnswer) => {}
             Err(e) => {
                 tracing::warn!(id = self.shared.id, error = %e, "request handler failed");
                 self.answer_error(&req, result_codes::DIAMETER_UNABLE_TO_COMPLY);

@@ -28,7 +28,7 @@ mod server;
 pub use config::ConnectionConfig;
 pub use conn::{ConnectionStats, FailureCallback, FailureInfo, Hooks};
 pub use error::Error;
-pub use handler::{handler_fn, Handler, HandlerFuture};
+pub use handler::{handler_fn, Handler, HandlerFuture, Response};
 pub use peer::Peer;
 pub use server::Server;
 

@@ -187,12 +187,15 @@ impl Peer {
     /// answers (up to the drain timeout), sends DPR with `cause` (see
     /// [`diam_proto::disconnect_cause`]) and waits for the DPA (up to the
     /// DPA timeout).
-    pub async fn close(&self, cause: i32) {
+    ///
+    /// Returns how the connection ended: normally
+    /// [`CloseReason::LocalDisconnect`] with the DPA's Result-Code.
+    pub async fn close(&self, cause: i32) -> CloseReason {
         let (done, rx) = oneshot::channel();
         if self.inner.commands.send(Command::Close { cause, done }).await.is_ok() {
             let _ = rx.await;
         }
-        self.closed().await;
+        self.closed().await
     }
 
     /// Waits until the connection has closed, returning why.

@@ -109,7 +109,8 @@ async fn no_common_application_fails_with_5010() {
 
 #[tokio::test]
 async fn unsupported_application_and_missing_handler() {
-    let (addr, _stop, _task) = start_server(&[4, 16_777_251], handler_fn(|_req: Message| async { None })).await;
+    let (addr, _stop, _task) =
+        start_server(&[4, 16_777_251], handler_fn(|_req: Message| async { Option::<Message>::None })).await;
     let peer = Peer::connect(addr, client_config(&[4])).await.unwrap();
     // Application not in common: 3007 from the connection itself.
     let ans = peer.send(Message::request(16_777_251, 316).avp(avps::SESSION_ID, "s").build()).await.unwrap();
@@ -123,8 +124,16 @@ async fn unsupported_application_and_missing_handler() {
 
 #[tokio::test]
 async fn panicking_handler_gets_5012() {
-    let (addr, _stop, _task) =
-        start_server(&[apps::RELAY], handler_fn(|_req: Message| async { panic!("handler bug") })).await;
+    let (addr, _stop, _task) = start_server(
+        &[apps::RELAY],
+        handler_fn(|_req: Message| async {
+            if true {
+                panic!("handler bug");
+            }
+            None
+        }),
+    )
+    .await;
     let peer = Peer::connect(addr, client_config(&[4])).await.unwrap();
     let ans = peer.send(ccr(1)).await.unwrap();
     assert_eq!(ans.get(avps::RESULT_CODE).unwrap(), Some(5012));

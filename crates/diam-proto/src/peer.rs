@@ -316,6 +316,9 @@ pub enum CloseReason {
     LocalDisconnect {
         /// Our Disconnect-Cause.
         cause: i32,
+        /// The DPA's Result-Code; `None` when no DPA came (timeout, or the
+        /// peer closed first) or we closed before the connection opened.
+        dpa_result_code: Option<u32>,
     },
     /// The transport closed or failed.
     TransportClosed,
@@ -363,7 +366,7 @@ impl std::fmt::Display for CloseReason {
                 Some(name) => write!(f, "peer sent DPR ({name})"),
                 None => f.write_str("peer sent DPR"),
             },
-            CloseReason::LocalDisconnect { cause } => write!(f, "local disconnect ({})", cause_name(*cause)),
+            CloseReason::LocalDisconnect { cause, .. } => write!(f, "local disconnect ({})", cause_name(*cause)),
             CloseReason::TransportClosed => f.write_str("transport closed"),
             CloseReason::ProtocolError(m) => write!(f, "protocol error: {m}"),
             CloseReason::WriteTimeout => f.write_str("write timed out (peer not reading)"),
@@ -673,7 +676,7 @@ impl PeerConnection {
                     .build();
                 self.transmit.push_back(dwa);
             }
-            (_, false, commands::DEVICE_WATCHDOG) if base => {}
+            (_, false, commands::DEVICE_WATCHDOG) if base && is_dwa => {}
             (_, true, commands::DISCONNECT_PEER) if base => {
                 let cause = msg.get(avps::DISCONNECT_CAUSE).ok().flatten();
                 let dpa = self.answer(&msg, result_codes::DIAMETER_SUCCESS).build();
@@ -683,7 +686,8 @@ impl PeerConnection {
             (PeerState::Closing, false, commands::DISCONNECT_PEER) => {
                 if let Some((hbh, cause)) = self.dpr {
                     if hbh == msg.hop_by_hop() {
-                        self.close(CloseReason::LocalDisconnect { cause });
+                        let dpa_result_code = msg.get(avps::RESULT_CODE).ok().flatten();
+                        self.close(CloseReason::LocalDisconnect { cause, dpa_result_code });
                     }
                 }
             }
@@ -791,7 +795,7 @@ impl PeerConnection {
                 self.deadline = Some(now + self.config.dpa_timeout);
             }
             PeerState::Closing | PeerState::Closed | PeerState::Failed => {}
-            _ => self.close(CloseReason::LocalDisconnect { cause }),
+            _ => self.close(CloseReason::LocalDisconnect { cause, dpa_result_code: None }),
         }
     }
 
@@ -806,7 +810,7 @@ impl PeerConnection {
         match self.state {
             PeerState::Closing => {
                 let cause = self.dpr.map_or(disconnect_cause::REBOOTING, |(_, c)| c);
-                self.close(CloseReason::LocalDisconnect { cause });
+                self.close(CloseReason::LocalDisconnect { cause, dpa_result_code: None });
             }
             _ => self.close(CloseReason::TransportClosed),
         }
@@ -821,7 +825,7 @@ impl PeerConnection {
                     PeerState::Connecting | PeerState::CerSent => self.close(CloseReason::HandshakeTimeout),
                     PeerState::Closing => {
                         let cause = self.dpr.map_or(disconnect_cause::REBOOTING, |(_, c)| c);
-                        self.close(CloseReason::LocalDisconnect { cause });
+                        self.close(CloseReason::LocalDisconnect { cause, dpa_result_code: None });
                     }
                     _ => {}
                 }

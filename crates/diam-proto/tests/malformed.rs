@@ -53,7 +53,10 @@ fn length_above_maximum_is_refused_before_allocation() {
     assert_eq!(dec.decode(&mut buf), Err(DecodeError::MessageTooLarge { offset: 0, length: 4096, max: 1024 }));
     assert_eq!(buf.capacity(), cap, "no room reserved for a refused frame");
     // A lying 16 MiB length with the default limit.
-    assert!(matches!(check_frame(&[1, 0xff, 0xff, 0xfc], diam_proto::DEFAULT_MAX_MESSAGE_SIZE), Err(DecodeError::MessageTooLarge { length: 0xff_fffc, max: 1_048_576, .. })));
+    assert!(matches!(
+        check_frame(&[1, 0xff, 0xff, 0xfc], diam_proto::DEFAULT_MAX_MESSAGE_SIZE),
+        Err(DecodeError::MessageTooLarge { length: 0xff_fffc, max: 1_048_576, .. })
+    ));
 }
 
 #[test]
@@ -78,7 +81,10 @@ fn truncated_avp_header() {
 fn avp_length_below_header() {
     let mut body = avp(264, 0x40, 7);
     body.extend_from_slice(&[0; 4]);
-    assert_eq!(decode(msg(32, &body)), Err(DecodeError::AvpTooShort { offset: 20, code: 264, length: 7, header_len: 8 }));
+    assert_eq!(
+        decode(msg(32, &body)),
+        Err(DecodeError::AvpTooShort { offset: 20, code: 264, length: 7, header_len: 8 })
+    );
 }
 
 #[test]
@@ -133,7 +139,10 @@ fn wrong_fixed_size_payloads() {
     );
     assert_eq!(Dictionary::base().validate(&m), m.get(avps::RESULT_CODE).map(drop));
     let m = one_avp_message(9, &[0; 7]);
-    assert!(matches!(m.get(AvpKey::<Float64>::new(9)), Err(DecodeError::BadPayloadLength { expected: 8, actual: 7, .. })));
+    assert!(matches!(
+        m.get(AvpKey::<Float64>::new(9)),
+        Err(DecodeError::BadPayloadLength { expected: 8, actual: 7, .. })
+    ));
     let m = one_avp_message(55, &[0; 5]);
     assert!(matches!(m.get(AvpKey::<Time>::new(55)), Err(DecodeError::BadPayloadLength { data_type: "Time", .. })));
     assert_eq!(DataType::Integer64.fixed_size(), Some(8));

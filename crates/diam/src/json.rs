@@ -438,3 +438,77 @@ fn parse_address(s: &str, vp: &str) -> Result<Vec<u8>, JsonError> {
     }
     Ok(out.to_vec())
 }
+
+/// One `--avp NAME=VALUE` option of `diam send`, as wire fields.
+#[derive(Debug)]
+pub(crate) struct CliAvp {
+    pub(crate) code: u32,
+    pub(crate) vendor_id: Option<u32>,
+    pub(crate) flags: AvpFlags,
+    pub(crate) data: Vec<u8>,
+    /// Set for Grouped values given as a JSON array of AVP objects.
+    pub(crate) children: Option<Vec<Value>>,
+}
+
+/// Parses `NAME=VALUE`: NAME is a dictionary name, `CODE` or
+/// `CODE:VENDOR`; VALUE is typed by the dictionary (numbers, enumerated
+/// names, addresses, times, text), hex for unknown AVPs, and a JSON array of
+/// AVP objects for Grouped AVPs.
+pub(crate) fn cli_avp(arg: &str, dict: &Dictionary) -> Result<CliAvp, JsonError> {
+    let path = format!("--avp {arg}");
+    let Some((name, raw)) = arg.split_once('=') else { return err(&path, "expected NAME=VALUE") };
+    let numeric = |s: &str| s.parse::<u32>().ok();
+    let (code, vendor_id) = if let Some(d) = dict.avp_by_name(name) {
+        (d.code(), d.vendor_id())
+    } else if let Some((c, v)) = name.split_once(':') {
+        match (numeric(c), numeric(v)) {
+            (Some(c), Some(v)) => (c, Some(v).filter(|&v| v != 0)),
+            _ => return err(&path, format!("{name:?} is not an AVP name, CODE or CODE:VENDOR")),
+        }
+    } else {
+        match numeric(name) {
+            Some(c) => (c, None),
+            None => return err(&path, format!("unknown AVP name {name:?} (give CODE or CODE:VENDOR)")),
+        }
+    };
+    let def = dict.avp(code, vendor_id);
+    let data_type = def.map(AvpDef::data_type);
+    let value = match data_type {
+        Some(DataType::Grouped) => match serde_json::from_str::<Value>(raw) {
+            Ok(v @ Value::Array(_)) => v,
+            _ => return err(&path, "a Grouped AVP takes a JSON array of AVP objects, e.g. [{\"name\":\"Subscription-Id-Type\",\"value\":0}]"),
+        },
+        Some(
+            DataType::Integer32
+            | DataType::Integer64
+            | DataType::Unsigned32
+            | DataType::Unsigned64
+            | DataType::Enumerated
+            | DataType::Float32
+            | DataType::Float64,
+        ) => serde_json::from_str::<Value>(raw).ok().filter(Value::is_number).unwrap_or_else(|| json!(raw)),
+        _ => json!(raw),
+    };
+    let m = def.is_some_and(|d| d.mandatory() == diam_proto::dict::FlagRule::Must);
+    let flags = AvpFlags::default().with(AvpFlags::MANDATORY, m).with(AvpFlags::VENDOR, vendor_id.is_some());
+    let spec = AvpSpec { code, vendor_id, flags, data_type, def, value: &value };
+    if let (Some(DataType::Grouped), Value::Array(children)) = (data_type, &value) {
+        return Ok(CliAvp { code, vendor_id, flags, data: Vec::new(), children: Some(children.clone()) });
+    }
+    let data = value_bytes(&spec, &path)?;
+    Ok(CliAvp { code, vendor_id, flags, data, children: None })
+}
+
+/// Appends a parsed `--avp` to a message being built.
+pub(crate) fn write_cli_avp(b: MessageBuilder, avp: &CliAvp, dict: &Dictionary) -> Result<MessageBuilder, JsonError> {
+    match &avp.children {
+        None => Ok(b.raw_avp(avp.code, avp.flags, avp.vendor_id, &avp.data)),
+        Some(children) => {
+            let mut result = Ok(());
+            let b = b.raw_group(avp.code, avp.flags, avp.vendor_id, |g| {
+                result = write_avps(g, children, dict, "--avp value", 1);
+            });
+            result.map(|()| b)
+        }
+    }
+}

@@ -10,13 +10,14 @@
 mod codec_cmd;
 mod hex;
 mod json;
+mod peer_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Diameter (RFC 6733) toolkit: decode and encode messages.
+/// Diameter (RFC 6733) toolkit: decode and encode messages, run and probe peers.
 #[derive(Debug, Parser)]
 #[command(name = "diam", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -39,6 +40,131 @@ enum Command {
     /// `vendor_id` default from the dictionary, and an AVP may be given by
     /// `name` instead of `code`.
     Encode(EncodeArgs),
+    /// Run a Diameter peer that answers every request.
+    ///
+    /// Answers CER, DWR and DPR itself; any other request gets an answer
+    /// with the request's Session-Id and --result-code. Accepts any
+    /// application unless --app restricts it. Prints
+    /// {"event":"listening","addr":...} on stdout once bound. Runs until
+    /// SIGINT/SIGTERM, then sends DPR to its peers.
+    Serve(ServeArgs),
+    /// Check a peer: CER, then DWR, then DPR, with each step's Result-Code
+    /// and round-trip time as JSON. Exit 0 only when all three got 2001.
+    Probe(ProbeArgs),
+    /// Send one request after the handshake and print the answer as JSON.
+    /// Exit 0 on a 2xxx Result-Code.
+    Send(SendArgs),
+}
+
+/// Local Diameter identity.
+#[derive(Debug, Args)]
+pub(crate) struct IdentityArgs {
+    /// Origin-Host (our DiameterIdentity).
+    #[arg(long, value_name = "H", default_value = "diam.localdomain")]
+    pub(crate) origin_host: String,
+    /// Origin-Realm.
+    #[arg(long, value_name = "R", default_value = "localdomain")]
+    pub(crate) origin_realm: String,
+}
+
+/// Timers and bounds shared by serve, send and bench.
+#[derive(Debug, Args)]
+pub(crate) struct TuningArgs {
+    /// Watchdog interval Tw in ms (RFC 3539: 30000; values under 6000 are
+    /// accepted with a warning).
+    #[arg(long, value_name = "N", default_value_t = 30_000)]
+    pub(crate) tw_ms: u64,
+    /// How long to wait for a DWA, in ms.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub(crate) dwr_timeout_ms: u64,
+    /// Consecutive unanswered DWRs before the connection is DOWN.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub(crate) max_dwr_failures: u32,
+    /// Per-request timeout in ms.
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    pub(crate) request_timeout_ms: u64,
+    /// Maximum requests awaiting an answer per connection.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub(crate) max_pending: usize,
+}
+
+impl Default for TuningArgs {
+    fn default() -> Self {
+        TuningArgs {
+            tw_ms: 30_000,
+            dwr_timeout_ms: 10_000,
+            max_dwr_failures: 3,
+            request_timeout_ms: 5_000,
+            max_pending: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// Accept only these applications (a CER with none in common gets
+    /// 5010). Default: any application (Relay is advertised).
+    #[arg(long = "app", value_name = "ID", num_args = 1..)]
+    pub(crate) app: Vec<u32>,
+    /// Result-Code of every answer.
+    #[arg(long, value_name = "N", default_value_t = 2001)]
+    pub(crate) result_code: u32,
+    /// Delay before each answer, in ms.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) delay_ms: u64,
+    /// Fraction of requests left unanswered (0 to 1).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    pub(crate) drop_rate: f64,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+    #[command(flatten)]
+    pub(crate) tuning: TuningArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    /// The peer, HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) peer: String,
+    /// Applications to advertise in the CER (default: Relay, 0xffffffff).
+    #[arg(long = "app", value_name = "ID", num_args = 1..)]
+    pub(crate) app: Vec<u32>,
+    /// Timeout of each step, in ms.
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    pub(crate) timeout_ms: u64,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The peer, HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) peer: String,
+    /// Application-Id of the request (also advertised in the CER).
+    #[arg(long, value_name = "ID")]
+    pub(crate) app: u32,
+    /// Command code of the request.
+    #[arg(long, value_name = "CODE")]
+    pub(crate) command: u32,
+    /// An AVP: NAME=VALUE, where NAME is a dictionary name, CODE or
+    /// CODE:VENDOR. Values are typed by the dictionary; enumerated values
+    /// take names or numbers; unknown AVPs take hex; Grouped AVPs take a
+    /// JSON array of AVP objects. Repeatable.
+    #[arg(long = "avp", value_name = "NAME=VALUE")]
+    pub(crate) avp: Vec<String>,
+    /// Timeout for the answer, in ms (default: --request-timeout-ms).
+    #[arg(long, value_name = "N")]
+    pub(crate) timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+    #[command(flatten)]
+    pub(crate) tuning: TuningArgs,
+    #[command(flatten)]
+    pub(crate) dict: DictArgs,
 }
 
 #[derive(Debug, Args)]
@@ -96,9 +222,20 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; RUST_LOG overrides the default level (warn).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let result = match cli.command {
         Command::Decode(args) => codec_cmd::decode(&args),
         Command::Encode(args) => codec_cmd::encode(&args),
+        Command::Serve(args) => peer_cmd::serve(&args),
+        Command::Probe(args) => peer_cmd::probe(&args),
+        Command::Send(args) => peer_cmd::send(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,7 +73,11 @@ fn initiator_sends_full_cer_and_opens_on_2001() {
     let mut c = PeerConnection::new(
         Role::Initiator,
         PeerConfig {
-            vendor_specific_application_ids: vec![VendorApp { vendor_id: 10415, application_id: 16_777_238, auth: true }],
+            vendor_specific_application_ids: vec![VendorApp {
+                vendor_id: 10415,
+                application_id: 16_777_238,
+                auth: true,
+            }],
             acct_application_ids: vec![3],
             ..config(&[4])
         },
@@ -107,7 +111,9 @@ fn initiator_sends_full_cer_and_opens_on_2001() {
     assert_eq!(c.state(), PeerState::Open);
     assert!(c.can_send());
     let ev = events(&mut c);
-    assert!(matches!(&ev[0], PeerEvent::Opened { peer, applications } if peer.origin_host == "server.example.net" && applications == &vec![4]));
+    assert!(
+        matches!(&ev[0], PeerEvent::Opened { peer, applications } if peer.origin_host == "server.example.net" && applications == &vec![4])
+    );
     assert_eq!(c.peer_info().unwrap().product_name, "peer");
     // Only the watchdog timer remains.
     assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_millis(3) + Duration::from_secs(30)));
@@ -303,7 +309,10 @@ fn local_disconnect_waits_for_dpa_or_timeout() {
     let dpa = Message::answer_to(&dpr).avp(avps::RESULT_CODE, 2001u32).build();
     c.handle_message(dpa, t0);
     assert_eq!(c.state(), PeerState::Closed);
-    assert_eq!(events(&mut c), vec![PeerEvent::Closed(CloseReason::LocalDisconnect { cause: 0 })]);
+    assert_eq!(
+        events(&mut c),
+        vec![PeerEvent::Closed(CloseReason::LocalDisconnect { cause: 0, dpa_result_code: Some(2001) })]
+    );
 
     let (mut c, t0) = open_initiator(&[4]);
     c.disconnect(disconnect_cause::DO_NOT_WANT_TO_TALK_TO_YOU, t0);

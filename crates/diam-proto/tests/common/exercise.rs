@@ -10,9 +10,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
-use diam_proto::types::{
-    self as t, AddressValue, AvpType, DataType, EncodeAs, TimeValue,
-};
+use diam_proto::types::{self as t, AddressValue, AvpType, DataType, EncodeAs, TimeValue};
 use diam_proto::{
     avps, check_frame, Avp, AvpIter, DecodeError, Dictionary, FrameDecoder, FrameStatus, Header, Message,
     DEFAULT_MAX_MESSAGE_SIZE, HEADER_LEN, MAX_LENGTH_FIELD,
@@ -136,9 +134,15 @@ pub(crate) fn exercise(data: &[u8]) -> ExerciseOutcome {
 
 /// Checks a decoder error: its offset lies within the input, and it formats.
 fn check_err(e: &DecodeError, len: usize, what: &str) {
+    check_err_offset(e, len, what);
+    black_box(e.to_string());
+}
+
+/// [`check_err`] without formatting (formatting dominates the cost of the
+/// exercise in debug builds; payload errors are only formatted on a sample).
+fn check_err_offset(e: &DecodeError, len: usize, what: &str) {
     assert!(e.offset() <= len, "{what}: error offset {} beyond input length {len}: {e}", e.offset());
     assert_eq!(e.clone().shifted(3).offset(), e.offset() + 3);
-    black_box(e.to_string());
 }
 
 /// Everything that can be done with a successfully decoded message.
@@ -173,11 +177,7 @@ fn exercise_message(msg: &Message, out: &mut ExerciseOutcome, scratch: &mut Byte
     // Re-encoding through the builder is byte-identical.
     let rebuilt = msg.rebuild();
     if let Some(i) = first_difference(rebuilt.as_bytes(), bytes) {
-        panic!(
-            "Message::rebuild differs from the decoded input at byte {i} (lengths {} vs {})",
-            rebuilt.len(),
-            len
-        );
+        panic!("Message::rebuild differs from the decoded input at byte {i} (lengths {} vs {})", rebuilt.len(), len);
     }
     assert_eq!(rebuilt.header(), msg.header());
 
@@ -225,8 +225,13 @@ fn exercise_avp(
     assert!(avp.data_offset() + n <= container_end && container_end <= msg_len, "AVP overruns its container");
 
     // Errors from typed decoding must point into this AVP.
+    let display = out.avps % 16 == 1;
     let payload_err = |e: &DecodeError, what: &str| {
-        check_err(e, msg_len, what);
+        if display {
+            check_err(e, msg_len, what);
+        } else {
+            check_err_offset(e, msg_len, what);
+        }
         assert!(
             e.offset() >= avp.offset() && e.offset() <= avp.data_offset() + n,
             "{what}: error offset {} outside the AVP at {}..{}",
@@ -298,7 +303,9 @@ fn exercise_avp(
                 }
             }
             assert_eq!(addr.ip().is_some(), matches!(family, Some(1 | 2)));
-            black_box(addr.to_string());
+            if display || addr.ip().is_some() {
+                black_box(addr.to_string());
+            }
             reencode::<t::Address, _>(&addr, data, scratch);
         }
         Err(e) => {
@@ -333,11 +340,11 @@ fn exercise_avp(
         };
         assert_eq!(checked.is_ok(), expected, "DataType::{ty:?}.check disagrees with the typed decoder");
         if let Err(e) = checked {
-            payload_err(&e, ty.name());
+            check_err_offset(&e, msg_len, ty.name());
         }
     }
     if let Err(e) = Dictionary::base().validate_avp(avp, depth) {
-        check_err(&e, msg_len, "Dictionary::validate_avp");
+        check_err_offset(&e, msg_len, "Dictionary::validate_avp");
     }
 
     // Treat the payload as Grouped, and compare with a standalone iteration
@@ -352,12 +359,15 @@ fn exercise_avp(
         match (child, alone) {
             (Ok(child), Ok(alone)) => {
                 assert_eq!(child.offset(), alone.offset() + avp.data_offset());
-                assert_eq!((child.code(), child.vendor_id(), child.data()), (alone.code(), alone.vendor_id(), alone.data()));
+                assert_eq!(
+                    (child.code(), child.vendor_id(), child.data()),
+                    (alone.code(), alone.vendor_id(), alone.data())
+                );
                 assert!(child.offset() >= avp.data_offset());
                 exercise_avp(&child, msg_len, end, depth + 1, out, scratch);
             }
             (Err(e), Err(alone)) => {
-                check_err(&e, msg_len, "Avp::group");
+                check_err_offset(&e, msg_len, "Avp::group");
                 assert!(e.offset() >= avp.data_offset() && e.offset() <= end, "group error outside the group: {e}");
                 assert_eq!(alone.shifted(avp.data_offset()), e, "standalone and in-message errors differ");
             }

@@ -1,0 +1,281 @@
+//! `diam serve`, `diam probe` and `diam send`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diam_client::{handler_fn, CloseReason, ConnectionConfig, Error, Hooks, Peer, Response, Server};
+use diam_proto::peer::result_code;
+use diam_proto::watchdog::MIN_WATCHDOG_INTERVAL;
+use diam_proto::{apps, avps, commands, disconnect_cause, result_codes, Message};
+use serde_json::json;
+
+use crate::{Failure, IdentityArgs, ProbeArgs, SendArgs, ServeArgs, TuningArgs};
+
+/// Resolves `--peer`.
+fn resolve(peer: &str) -> Result<SocketAddr, Failure> {
+    if let Ok(a) = peer.parse() {
+        return Ok(a);
+    }
+    match peer.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| Failure::input(format!("--peer {peer}: no address"))),
+        Err(e) => Err(Failure::input(format!("--peer {peer}: expected HOST:PORT ({e})"))),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))
+}
+
+/// The connection config from the common options.
+fn config(id: &IdentityArgs, tuning: &TuningArgs, apps_advertised: &[u32]) -> Result<ConnectionConfig, Failure> {
+    let mut c = ConnectionConfig::new(id.origin_host.clone(), id.origin_realm.clone());
+    c.peer.auth_application_ids = if apps_advertised.is_empty() { vec![apps::RELAY] } else { apps_advertised.to_vec() };
+    c.peer.origin_state_id =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
+    let tw = Duration::from_millis(tuning.tw_ms);
+    if tw < MIN_WATCHDOG_INTERVAL {
+        eprintln!(
+            "diam: warning: --tw-ms {} is below the RFC 3539 minimum of {} ms",
+            tuning.tw_ms,
+            MIN_WATCHDOG_INTERVAL.as_millis()
+        );
+    }
+    c.peer.watchdog.interval = tw;
+    // RFC 3539: ±2 s of jitter; scaled down for short test intervals.
+    c.peer.watchdog.jitter = Duration::from_secs(2).min(tw / 4);
+    c.peer.watchdog.dwr_timeout = Duration::from_millis(tuning.dwr_timeout_ms);
+    c.peer.watchdog.max_dwr_failures = tuning.max_dwr_failures;
+    c.request_timeout = Duration::from_millis(tuning.request_timeout_ms);
+    c.max_pending = tuning.max_pending;
+    c.validate().map_err(|e| Failure::input(e.to_string()))?;
+    Ok(c)
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::failed(format!("writing output: {e}")))
+}
+
+/// A small xorshift generator for `--drop-rate` (chaos only).
+fn chance(rate: f64, state: &AtomicU64) -> bool {
+    if rate <= 0.0 {
+        return false;
+    }
+    let mut x = state.load(Ordering::Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    state.store(x, Ordering::Relaxed);
+    ((x >> 11) as f64 / (1u64 << 53) as f64) < rate
+}
+
+pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
+    if !(0.0..=1.0).contains(&args.drop_rate) {
+        return Err(Failure::input("--drop-rate must be between 0 and 1"));
+    }
+    let listen = resolve(&args.listen)?;
+    let mut cfg = config(&args.identity, &args.tuning, &args.app)?;
+    cfg.max_concurrent_handlers = cfg.max_pending.max(1024);
+    let origin_host: Arc<str> = args.identity.origin_host.clone().into();
+    let origin_realm: Arc<str> = args.identity.origin_realm.clone().into();
+    let rc = args.result_code;
+    let delay = Duration::from_millis(args.delay_ms);
+    let drop_rate = args.drop_rate;
+    let rng = Arc::new(AtomicU64::new(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id())));
+    let handler = handler_fn(move |req: Message| {
+        let (origin_host, origin_realm, rng) = (origin_host.clone(), origin_realm.clone(), rng.clone());
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if chance(drop_rate, &rng) {
+                return Response::NoAnswer;
+            }
+            Response::Answer(standard_answer(&req, rc, &origin_host, &origin_realm))
+        }
+    });
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let server = Server::bind(listen, cfg, Hooks { handler: Some(handler), ..Hooks::default() })
+            .await
+            .map_err(|e| Failure::failed(e.to_string()))?;
+        let addr = server.local_addr().map_err(|e| Failure::failed(e.to_string()))?;
+        print_json(&json!({"event": "listening", "addr": addr.to_string()}))?;
+        server.serve(shutdown_signal()).await.map_err(|e| Failure::failed(e.to_string()))
+    })
+}
+
+/// The answer `diam serve` gives: Session-Id (copied by `answer_to`),
+/// Result-Code, Origin-Host/Realm, and the request's Auth-Application-Id,
+/// CC-Request-Type and CC-Request-Number when present.
+fn standard_answer(req: &Message, rc: u32, origin_host: &str, origin_realm: &str) -> Message {
+    let mut b = Message::answer_to(req)
+        .error(result_codes::class(rc) == 3)
+        .avp(avps::RESULT_CODE, rc)
+        .avp(avps::ORIGIN_HOST, origin_host)
+        .avp(avps::ORIGIN_REALM, origin_realm);
+    for key in [avps::AUTH_APPLICATION_ID, avps::CC_REQUEST_NUMBER] {
+        if let Some(avp) = req.find(key) {
+            b = b.copy_avp(&avp);
+        }
+    }
+    if let Some(avp) = req.find(avps::CC_REQUEST_TYPE) {
+        b = b.copy_avp(&avp);
+    }
+    b.build()
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    eprintln!("diam serve: shutting down, sending DPR to peers");
+}
+
+fn step(result: Result<(u32, Duration), String>) -> (serde_json::Value, bool) {
+    match result {
+        Ok((rc, rtt)) => (json!({"result_code": rc, "rtt_us": rtt.as_micros() as u64}), rc == 2001),
+        Err(e) => (json!({"result_code": null, "error": e}), false),
+    }
+}
+
+pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
+    let addr = resolve(&args.peer)?;
+    let mut cfg = config(&args.identity, &TuningArgs::default(), &args.app)?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    cfg.connect_timeout = timeout;
+    cfg.peer.cer_timeout = timeout;
+    cfg.request_timeout = timeout;
+    cfg.peer.dpa_timeout = timeout;
+    let origin_host = args.identity.origin_host.clone();
+    let origin_realm = args.identity.origin_realm.clone();
+    let rt = runtime()?;
+    let (report, ok) = rt.block_on(async move {
+        let mut report = json!({"peer": addr.to_string(), "peer_origin_host": null});
+        let start = Instant::now();
+        let peer = match Peer::connect(addr, cfg).await {
+            Ok(p) => p,
+            Err(e) => {
+                let cea = match &e {
+                    Error::HandshakeFailed { result_code, .. } => {
+                        json!({"result_code": result_code, "error": e.to_string()})
+                    }
+                    _ => json!({"result_code": null, "error": e.to_string()}),
+                };
+                report["cea"] = cea;
+                return (report, false);
+            }
+        };
+        let (cea, mut ok) = step(Ok((2001, start.elapsed())));
+        report["cea"] = cea;
+        report["peer_origin_host"] = json!(peer.peer_info().map(|p| p.origin_host.clone()));
+        report["peer_product_name"] = json!(peer.peer_info().map(|p| p.product_name.clone()));
+        let dwr = Message::request(apps::COMMON, commands::DEVICE_WATCHDOG)
+            .avp(avps::ORIGIN_HOST, origin_host.as_str())
+            .avp(avps::ORIGIN_REALM, origin_realm.as_str())
+            .build();
+        let t = Instant::now();
+        let dwa = match peer.send(dwr).await {
+            Ok(ans) => {
+                result_code(&ans).ok_or_else(|| "DWA without Result-Code".to_string()).map(|rc| (rc, t.elapsed()))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let (dwa, dwa_ok) = step(dwa);
+        report["dwa"] = dwa;
+        let t = Instant::now();
+        let dpa = match peer.close(disconnect_cause::REBOOTING).await {
+            CloseReason::LocalDisconnect { dpa_result_code: Some(rc), .. } => Ok((rc, t.elapsed())),
+            other => Err(format!("no DPA: {other}")),
+        };
+        let (dpa, dpa_ok) = step(dpa);
+        report["dpa"] = dpa;
+        ok &= dwa_ok && dpa_ok;
+        (report, ok)
+    });
+    print_json(&report)?;
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::failed("probe: not every step answered 2001"))
+    }
+}
+
+pub(crate) fn send(args: &SendArgs) -> Result<(), Failure> {
+    let addr = resolve(&args.peer)?;
+    let dict = crate::codec_cmd::load_dictionary(&args.dict)?;
+    if args.command > 0x00ff_ffff {
+        return Err(Failure::input("--command must fit in 24 bits"));
+    }
+    let mut cfg = config(&args.identity, &args.tuning, &[args.app])?;
+    cfg.request_timeout = Duration::from_millis(args.timeout_ms.unwrap_or(args.tuning.request_timeout_ms));
+    let parsed: Vec<_> = args
+        .avp
+        .iter()
+        .map(|a| crate::json::cli_avp(a, &dict))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failure::input(e.to_string()))?;
+    let has = |code: u32| parsed.iter().any(|a| a.code == code && a.vendor_id.is_none());
+    let mut b = Message::request(args.app, args.command).proxiable(true);
+    if !has(avps::SESSION_ID.code()) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let sid = format!("{};{};{}", args.identity.origin_host, now.as_secs(), now.subsec_nanos());
+        b = b.avp(avps::SESSION_ID, sid);
+    }
+    // Session-Id first (RFC 6733 §8.8), then identity, then the user's AVPs.
+    for a in parsed.iter().filter(|a| a.code == avps::SESSION_ID.code() && a.vendor_id.is_none()) {
+        b = crate::json::write_cli_avp(b, a, &dict).map_err(|e| Failure::input(e.to_string()))?;
+    }
+    if !has(avps::ORIGIN_HOST.code()) {
+        b = b.avp(avps::ORIGIN_HOST, args.identity.origin_host.as_str());
+    }
+    if !has(avps::ORIGIN_REALM.code()) {
+        b = b.avp(avps::ORIGIN_REALM, args.identity.origin_realm.as_str());
+    }
+    for a in parsed.iter().filter(|a| !(a.code == avps::SESSION_ID.code() && a.vendor_id.is_none())) {
+        b = crate::json::write_cli_avp(b, a, &dict).map_err(|e| Failure::input(e.to_string()))?;
+    }
+    let request = b.build();
+    let rt = runtime()?;
+    let answer = rt.block_on(async move {
+        let peer = Peer::connect(addr, cfg).await?;
+        let answer = peer.send(request).await;
+        peer.close(disconnect_cause::REBOOTING).await;
+        answer
+    });
+    let answer = answer.map_err(|e| Failure::failed(format!("send: {e}")))?;
+    let json = crate::json::message_to_json(&answer, &dict)
+        .map_err(|e| Failure::failed(format!("the answer is malformed: {e}")))?;
+    print_json(&json)?;
+    match result_code(&answer) {
+        Some(rc) if result_codes::class(rc) == 2 => Ok(()),
+        Some(rc) => Err(Failure::failed(format!("the peer answered Result-Code {rc}"))),
+        None => Err(Failure::failed("the answer has no Result-Code")),
+    }
+}
