@@ -98,9 +98,9 @@ fn avp_to_json(avp: &Avp<'_>, dict: &Dictionary, depth: usize) -> Result<Value, 
         DataType::Unsigned64 => json!(avp.value::<types::Unsigned64>()?),
         DataType::Float32 => {
             let v = avp.value::<types::Float32>()?;
-            float_json(f64::from(v), &avp.data().to_vec())
+            float_json(f64::from(v), avp.data())
         }
-        DataType::Float64 => float_json(avp.value::<types::Float64>()?, &avp.data().to_vec()),
+        DataType::Float64 => float_json(avp.value::<types::Float64>()?, avp.data()),
         DataType::Address => json!(avp.value::<types::Address>()?.to_string()),
         DataType::IpAddress => json!(avp.value::<types::IpAddress>()?.to_string()),
         DataType::Time => json!(avp.value::<types::Time>()?.to_string()),
