@@ -351,3 +351,42 @@ async fn invalid_config_is_rejected() {
     let c = ConnectionConfig::new("bad host", "test");
     assert!(matches!(Peer::connect("127.0.0.1:1".parse().unwrap(), c).await, Err(Error::InvalidConfig(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_panicking_failure_callbacks_do_not_hold_anything_up() {
+    let calls = Arc::new(Mutex::new(0usize));
+    for panicking in [false, true] {
+        let addr = scripted_peer(Script::CloseAfter(10)).await;
+        let c = calls.clone();
+        let hooks = Hooks {
+            on_failure: Some(Arc::new(move |_info| {
+                *c.lock().unwrap() += 1;
+                if panicking {
+                    panic!("callback bug");
+                }
+                // A callback that blocks for a long time.
+                std::thread::sleep(Duration::from_secs(1));
+            })),
+            ..Hooks::default()
+        };
+        let peer = Peer::connect_with(addr, client_config(&[4]), hooks).await.unwrap();
+        let start = Instant::now();
+        let joins: Vec<_> = (0..10)
+            .map(|n| {
+                let p = peer.clone();
+                tokio::spawn(async move { p.send(ccr(n)).await })
+            })
+            .collect();
+        for j in joins {
+            assert!(j.await.unwrap().unwrap_err().is_connection_lost());
+        }
+        assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+        assert_eq!(peer.closed().await, CloseReason::TransportClosed);
+    }
+    // The runtime still serves new connections after a callback panicked.
+    let (addr, _stop, _task) = start_server(&[apps::RELAY], echo_handler()).await;
+    let peer = Peer::connect(addr, client_config(&[4])).await.unwrap();
+    assert!(peer.send(ccr(1)).await.is_ok());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(*calls.lock().unwrap(), 2);
+}
