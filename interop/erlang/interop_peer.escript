@@ -17,7 +17,8 @@
 %% client: connects to ADDR:PORT, does CER/CEA, prints "READY <port>", sends N
 %%         CCRs in one session (INITIAL, UPDATE..., TERMINATION; N=1 sends an
 %%         EVENT_REQUEST) printing "ANSWER <i> <result-code>" for each, waits
-%%         --linger-ms (default Tw + 1500 ms, so a DWR/DWA pair is exchanged),
+%%         --linger-ms (default Tw + 1500 ms, so a DWR/DWA pair is exchanged)
+%%         printing PEER_UP/PEER_DOWN as they happen (e.g. on the peer's DPR),
 %%         then removes the transport, which sends DPR and waits for DPA.
 %%         Exits 0 when every answer carried 2001, 1 otherwise.
 %%
@@ -272,20 +273,40 @@ client(Port, N, O) ->
     SId = diameter:session_id(maps:get(origin_host, O)),
     Results = [send_ccr(SId, I, N, O) || I <- lists:seq(0, N - 1)],
     Linger = maps:get(linger_ms, O, Tw + 1500),
-    receive
-        sigterm -> ok;
-        stop_requested -> ok;
-        lifetime_exceeded -> ok
-    after Linger -> ok
-    end,
+    Up = linger(erlang:monotonic_time(millisecond) + Linger, true),
     ok = diameter:remove_transport(?SVC, Ref),
-    wait_down(8000),
+    case Up of
+        true -> wait_down(8000);
+        false -> ok
+    end,
     _ = diameter:stop_service(?SVC),
     say("DONE", []),
     case lists:all(fun(R) -> R == 2001 end, Results) of
         true -> halt(0);
         false -> halt(1)
     end.
+
+%% Waits until Deadline (or a stop request), printing connection events as
+%% they come (so a PEER_DOWN caused by the peer's DPR shows at once); returns
+%% whether the connection is up at the end.
+linger(Deadline, Up) ->
+    Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+    receive
+        #diameter_event{service = ?SVC, info = Info} ->
+            print_event(Info),
+            linger(Deadline, case event_kind(Info) of
+                                 up -> true;
+                                 down -> false;
+                                 _ -> Up
+                             end);
+        sigterm -> Up;
+        stop_requested -> Up;
+        lifetime_exceeded -> Up
+    after Left -> Up
+    end.
+
+event_kind(Info) when is_tuple(Info) -> element(1, Info);
+event_kind(Info) -> Info.
 
 wait_up(Ms) ->
     wait_event(up, erlang:monotonic_time(millisecond) + Ms, fun() ->

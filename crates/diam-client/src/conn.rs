@@ -229,6 +229,9 @@ impl Task {
         let mut decoder = FrameDecoder::with_max_size(self.config.max_message_size);
         // Since when the write buffer has waited without progress.
         let mut write_wait: Option<Instant> = None;
+        // One timer, re-armed only when the next deadline moves.
+        let timer = sleep_until(Instant::now());
+        tokio::pin!(timer);
 
         let reason = loop {
             while let Some(m) = self.peer.poll_transmit() {
@@ -247,7 +250,11 @@ impl Task {
             } else if write_wait.is_none() {
                 write_wait = Some(Instant::now());
             }
+            self.prune_expiry();
             let deadline = self.next_deadline(write_wait);
+            if timer.is_elapsed() || timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let accepting = self.closing.is_none();
             tokio::select! {
                 biased;
@@ -295,7 +302,7 @@ impl Task {
                 Some(done) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => {
                     self.handler_done(done);
                 },
-                _ = sleep_until(deadline) => {
+                () = &mut timer => {
                     let now = Instant::now();
                     self.peer.handle_timeout(now.into_std());
                     self.expire(now);
@@ -483,6 +490,18 @@ impl Task {
             }
         }
         d
+    }
+
+    /// Drops heap entries of requests already answered from the top, so the
+    /// timer tracks the earliest real deadline (answers arrive mostly in
+    /// submission order, so this keeps the heap small too).
+    fn prune_expiry(&mut self) {
+        while let Some(Reverse((t, hbh))) = self.expiry.peek().copied() {
+            if self.pending.get(&hbh).is_some_and(|p| p.deadline == t) {
+                break;
+            }
+            self.expiry.pop();
+        }
     }
 
     /// Fails requests whose deadline has passed.

@@ -9,7 +9,8 @@
 //! insertions, concatenation).
 //!
 //! Environment: `DIAM_FUZZ_SEED` (hex or decimal) replaces the fixed seed,
-//! `DIAM_FUZZ_CASES` raises the number of cases (never below the default).
+//! `DIAM_FUZZ_CASES` raises the number of cases (never below the default),
+//! `DIAM_FUZZ_WRITE_SEEDS=DIR` writes the seed messages to DIR.
 //! Each case's PRNG is derived from (seed, case index), so a failure is
 //! reproduced by its printed seed and index alone.
 
@@ -527,9 +528,18 @@ fn env_number(name: &str) -> Option<u64> {
     }
 }
 
+/// Also writes the seeds to `$DIAM_FUZZ_WRITE_SEEDS/<name>` when set, to
+/// start a libFuzzer corpus (see `fuzz/README.md`).
 #[test]
 fn seeds_pass_the_exercise() {
+    let dump = std::env::var_os("DIAM_FUZZ_WRITE_SEEDS").map(std::path::PathBuf::from);
+    if let Some(dir) = &dump {
+        std::fs::create_dir_all(dir).unwrap();
+    }
     for s in seeds() {
+        if let Some(dir) = &dump {
+            std::fs::write(dir.join(s.name), &s.bytes).unwrap();
+        }
         let o = exercise(&s.bytes);
         assert!(o.decoded, "seed {} does not decode", s.name);
         // "deep" nests further than the exercise descends.
