@@ -390,3 +390,14 @@ fn identities_and_result_codes() {
     assert!(config(&[]).validate().is_ok());
     assert!(PeerConfig::default().validate().is_err());
 }
+
+#[test]
+fn a_dwr_sent_by_the_application_gets_its_answer() {
+    let (mut c, t0) = open_initiator(&[4]);
+    // The driver sent its own DWR (e.g. `diam probe`) with hop-by-hop 4242.
+    let dwr = Message::request(0, 280).hop_by_hop(4242).build();
+    let dwa = Message::answer_to(&dwr).avp(avps::RESULT_CODE, 2001u32).build();
+    c.handle_message(dwa, t0);
+    assert!(matches!(&events(&mut c)[..], [PeerEvent::Answer(m)] if m.hop_by_hop() == 4242));
+    assert_eq!(c.state(), PeerState::Open);
+}
