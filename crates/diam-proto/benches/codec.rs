@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use diam_proto::types::{DataType, DiameterIdentity, Enumerated, Unsigned32, Utf8String};
 use diam_proto::{apps, avps, commands, AvpDef, CommandFlags, DecodeError, Dictionary, FrameDecoder, Message};
-use diam_proto::{Avp, MessageBuilder};
+use diam_proto::{Avp, Header, MessageBuilder};
 use diameter::avp::flags::M;
 use diameter::avp::{Avp as DAvp, Unsigned32 as DUnsigned32};
 use diameter::avp::{Enumerated as DEnumerated, Identity as DIdentity, UTF8String as DUtf8String};
@@ -89,6 +89,49 @@ fn ours_encode_ccr(v: &Ccr<'_>) -> Message {
         .avp(avps::CC_REQUEST_TYPE, v.cc_request_type)
         .avp(avps::CC_REQUEST_NUMBER, v.cc_request_number)
         .build()
+}
+
+/// The same CCR written straight into a reused output buffer
+/// (`Message::write_into`), as a connection encodes into its write buffer.
+fn ours_write_ccr(v: &Ccr<'_>, out: &mut BytesMut) -> usize {
+    let header = Header {
+        length: 0,
+        flags: CommandFlags::from_bits(CommandFlags::REQUEST | CommandFlags::PROXIABLE),
+        command_code: commands::CREDIT_CONTROL,
+        application_id: apps::CREDIT_CONTROL,
+        hop_by_hop: HOP_BY_HOP,
+        end_to_end: END_TO_END,
+    };
+    Message::write_into(out, header, |w| {
+        w.avp(avps::SESSION_ID, v.session_id)
+            .avp(avps::ORIGIN_HOST, v.origin_host)
+            .avp(avps::ORIGIN_REALM, v.origin_realm)
+            .avp(avps::DESTINATION_REALM, v.destination_realm)
+            .avp(avps::AUTH_APPLICATION_ID, v.auth_application_id)
+            .avp(avps::CC_REQUEST_TYPE, v.cc_request_type)
+            .avp(avps::CC_REQUEST_NUMBER, v.cc_request_number);
+    })
+}
+
+/// The CCA counterpart of [`ours_write_ccr`].
+fn ours_write_cca(v: &Cca<'_>, out: &mut BytesMut) -> usize {
+    let header = Header {
+        length: 0,
+        flags: CommandFlags::from_bits(CommandFlags::PROXIABLE),
+        command_code: commands::CREDIT_CONTROL,
+        application_id: apps::CREDIT_CONTROL,
+        hop_by_hop: HOP_BY_HOP,
+        end_to_end: END_TO_END,
+    };
+    Message::write_into(out, header, |w| {
+        w.avp(avps::SESSION_ID, v.session_id)
+            .avp(avps::RESULT_CODE, v.result_code)
+            .avp(avps::ORIGIN_HOST, v.origin_host)
+            .avp(avps::ORIGIN_REALM, v.origin_realm)
+            .avp(avps::AUTH_APPLICATION_ID, v.auth_application_id)
+            .avp(avps::CC_REQUEST_TYPE, v.cc_request_type)
+            .avp(avps::CC_REQUEST_NUMBER, v.cc_request_number);
+    })
 }
 
 fn ours_encode_cca(v: &Cca<'_>) -> Message {
@@ -216,6 +259,27 @@ fn theirs_encode_ccr(v: &Ccr<'_>, dict: &Arc<DDictionary>) -> Vec<u8> {
     out
 }
 
+/// The CCR built and serialized into a reused output buffer (the
+/// diameter crate's own benchmarks reuse theirs the same way).
+fn theirs_write_ccr(v: &Ccr<'_>, dict: &Arc<DDictionary>, out: &mut Vec<u8>) {
+    let mut m = DiameterMessage::new(
+        CommandCode::CreditControl,
+        ApplicationId::CreditControl,
+        dflags::REQUEST | dflags::PROXYABLE,
+        HOP_BY_HOP,
+        END_TO_END,
+        Arc::clone(dict),
+    );
+    m.add_avp(263, None, M, DUtf8String::new(v.session_id).into());
+    m.add_avp(264, None, M, DIdentity::new(v.origin_host).into());
+    m.add_avp(296, None, M, DIdentity::new(v.origin_realm).into());
+    m.add_avp(283, None, M, DIdentity::new(v.destination_realm).into());
+    m.add_avp(258, None, M, DUnsigned32::new(v.auth_application_id).into());
+    m.add_avp(416, None, M, DEnumerated::new(v.cc_request_type).into());
+    m.add_avp(415, None, M, DUnsigned32::new(v.cc_request_number).into());
+    m.encode_to(out).unwrap();
+}
+
 fn theirs_encode_cca(v: &Cca<'_>, dict: &Arc<DDictionary>) -> Vec<u8> {
     let mut m = DiameterMessage::new(
         CommandCode::CreditControl,
@@ -235,6 +299,26 @@ fn theirs_encode_cca(v: &Cca<'_>, dict: &Arc<DDictionary>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     m.encode_to(&mut out).unwrap();
     out
+}
+
+/// The CCA counterpart of [`theirs_write_ccr`].
+fn theirs_write_cca(v: &Cca<'_>, dict: &Arc<DDictionary>, out: &mut Vec<u8>) {
+    let mut m = DiameterMessage::new(
+        CommandCode::CreditControl,
+        ApplicationId::CreditControl,
+        dflags::PROXYABLE,
+        HOP_BY_HOP,
+        END_TO_END,
+        Arc::clone(dict),
+    );
+    m.add_avp(263, None, M, DUtf8String::new(v.session_id).into());
+    m.add_avp(268, None, M, DUnsigned32::new(v.result_code).into());
+    m.add_avp(264, None, M, DIdentity::new(v.origin_host).into());
+    m.add_avp(296, None, M, DIdentity::new(v.origin_realm).into());
+    m.add_avp(258, None, M, DUnsigned32::new(v.auth_application_id).into());
+    m.add_avp(416, None, M, DEnumerated::new(v.cc_request_type).into());
+    m.add_avp(415, None, M, DUnsigned32::new(v.cc_request_number).into());
+    m.encode_to(out).unwrap();
 }
 
 fn theirs_decode(data: &[u8], dict: &Arc<DDictionary>) -> DiameterMessage {
@@ -298,6 +382,18 @@ fn codec(c: &mut Criterion) {
     let cca = ours_encode_cca(&CCA);
     assert_eq!(ccr.as_bytes(), &theirs_encode_ccr(&CCR, &ddict)[..], "CCR encodings differ");
     assert_eq!(cca.as_bytes(), &theirs_encode_cca(&CCA, &ddict)[..], "CCA encodings differ");
+    let mut out = BytesMut::new();
+    ours_write_ccr(&CCR, &mut out);
+    assert_eq!(&out[..], ccr.as_bytes(), "CCR written into a buffer differs");
+    let mut theirs = Vec::new();
+    theirs_write_ccr(&CCR, &ddict, &mut theirs);
+    assert_eq!(&theirs[..], ccr.as_bytes(), "their CCR written into a buffer differs");
+    out.clear();
+    ours_write_cca(&CCA, &mut out);
+    assert_eq!(&out[..], cca.as_bytes(), "CCA written into a buffer differs");
+    theirs.clear();
+    theirs_write_cca(&CCA, &ddict, &mut theirs);
+    assert_eq!(&theirs[..], cca.as_bytes(), "their CCA written into a buffer differs");
     let ccr_bytes = ccr.to_bytes();
     let cca_bytes = cca.to_bytes();
     assert_eq!(ours_read_ccr(&Message::decode(ccr_bytes.clone()).unwrap()).unwrap(), CCR);
@@ -334,6 +430,21 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_ccr");
     g.throughput(Throughput::Elements(1));
     g.bench_function("diam-proto", |b| b.iter(|| black_box(ours_encode_ccr(black_box(&CCR)))));
+    g.bench_function("diam-proto-into-buffer", |b| {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        b.iter(|| {
+            out.clear();
+            black_box(ours_write_ccr(black_box(&CCR), &mut out))
+        })
+    });
+    g.bench_function("diameter-0.7.1-into-buffer", |b| {
+        let mut out = Vec::with_capacity(64 * 1024);
+        b.iter(|| {
+            out.clear();
+            theirs_write_ccr(black_box(&CCR), &ddict, &mut out);
+            black_box(out.len())
+        })
+    });
     g.bench_function("diameter-0.7.1", |b| b.iter(|| black_box(theirs_encode_ccr(black_box(&CCR), &ddict))));
     g.finish();
 
@@ -364,6 +475,21 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_cca");
     g.throughput(Throughput::Elements(1));
     g.bench_function("diam-proto", |b| b.iter(|| black_box(ours_encode_cca(black_box(&CCA)))));
+    g.bench_function("diam-proto-into-buffer", |b| {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        b.iter(|| {
+            out.clear();
+            black_box(ours_write_cca(black_box(&CCA), &mut out))
+        })
+    });
+    g.bench_function("diameter-0.7.1-into-buffer", |b| {
+        let mut out = Vec::with_capacity(64 * 1024);
+        b.iter(|| {
+            out.clear();
+            theirs_write_cca(black_box(&CCA), &ddict, &mut out);
+            black_box(out.len())
+        })
+    });
     g.bench_function("diameter-0.7.1", |b| b.iter(|| black_box(theirs_encode_cca(black_box(&CCA), &ddict))));
     g.finish();
 

@@ -208,7 +208,7 @@ impl<'a> AvpIter<'a> {
     }
 
     /// Parses the AVP at `self.pos`.
-    #[inline]
+    #[inline(always)]
     fn parse_one(&self) -> Result<(Avp<'a>, usize), DecodeError> {
         let pos = self.pos;
         let available = self.end - pos;
@@ -272,7 +272,7 @@ impl<'a> AvpIter<'a> {
 impl<'a> Iterator for AvpIter<'a> {
     type Item = Result<Avp<'a>, DecodeError>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.end {
             return None;

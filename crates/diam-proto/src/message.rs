@@ -152,6 +152,44 @@ impl Message {
         b
     }
 
+    /// Encodes a message straight into `buf` (for instance a connection's
+    /// write buffer): the header, the AVPs `avps` writes, then the length,
+    /// patched once. Nothing is allocated beyond `buf`'s own growth. Returns
+    /// the message's length. `header.length` is ignored.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use diam_proto::{avps, CommandFlags, Header, Message};
+    /// let mut out = BytesMut::with_capacity(4096);
+    /// let header = Header {
+    ///     length: 0,
+    ///     flags: CommandFlags::from_bits(CommandFlags::REQUEST),
+    ///     command_code: 280,
+    ///     application_id: 0,
+    ///     hop_by_hop: 1,
+    ///     end_to_end: 2,
+    /// };
+    /// let n = Message::write_into(&mut out, header, |w| {
+    ///     w.avp(avps::ORIGIN_HOST, "a.example.com").avp(avps::ORIGIN_REALM, "example.com");
+    /// });
+    /// assert_eq!(n, out.len());
+    /// assert!(Message::decode(out.freeze()).is_ok());
+    /// ```
+    ///
+    /// # Panics
+    /// If the message exceeds the 24-bit length field (16 MiB).
+    #[inline]
+    pub fn write_into(buf: &mut BytesMut, header: Header, avps: impl FnOnce(&mut GroupBuilder<'_>)) -> usize {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        avps(&mut GroupBuilder { buf });
+        let length = buf.len() - start;
+        assert!(length <= MAX_LENGTH_FIELD, "Diameter message of {length} bytes exceeds the 24-bit length field");
+        let header = Header { length: length as u32, ..header };
+        buf[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
+        length
+    }
+
     /// The header.
     #[inline]
     pub fn header(&self) -> &Header {
@@ -275,31 +313,49 @@ impl std::fmt::Debug for Message {
     }
 }
 
-/// Writes one AVP header; returns the offset of its length field.
-#[inline]
-fn put_avp_header(buf: &mut BytesMut, code: u32, flags: AvpFlags, vendor_id: Option<u32>, data_len: usize) -> usize {
+/// The header of an AVP carrying `data_len` payload bytes, and its size.
+#[inline(always)]
+fn avp_header(code: u32, flags: AvpFlags, vendor_id: Option<u32>, data_len: usize) -> ([u8; 12], usize) {
     let (flags, header_len) = match vendor_id {
         Some(_) => (flags.bits() | AvpFlags::VENDOR, AVP_VENDOR_HEADER_LEN),
         None => (flags.bits() & !AvpFlags::VENDOR, AVP_HEADER_LEN),
     };
     let len = (header_len + data_len) as u32;
+    let mut h = [0u8; 12];
+    h[0..4].copy_from_slice(&code.to_be_bytes());
+    h[4..8].copy_from_slice(&((u32::from(flags) << 24) | (len & 0x00ff_ffff)).to_be_bytes());
+    h[8..12].copy_from_slice(&vendor_id.unwrap_or(0).to_be_bytes());
+    (h, header_len)
+}
+
+/// Writes one AVP header; returns its offset.
+#[inline(always)]
+fn put_avp_header(buf: &mut BytesMut, code: u32, flags: AvpFlags, vendor_id: Option<u32>, data_len: usize) -> usize {
+    let (h, n) = avp_header(code, flags, vendor_id, data_len);
     let at = buf.len();
-    buf.put_u32(code);
-    buf.put_u32((u32::from(flags) << 24) | (len & 0x00ff_ffff));
-    if let Some(v) = vendor_id {
-        buf.put_u32(v);
+    // Fixed-size copies compile to plain stores; a variable-length slice
+    // would be a memmove call per AVP.
+    if n == AVP_VENDOR_HEADER_LEN {
+        buf.extend_from_slice(&h);
+    } else {
+        buf.extend_from_slice(&h[..AVP_HEADER_LEN]);
     }
     at
 }
 
-#[inline]
+#[inline(always)]
 fn put_padding(buf: &mut BytesMut, data_len: usize) {
-    const ZEROS: [u8; 3] = [0; 3];
-    buf.put_slice(&ZEROS[..padded(data_len) - data_len]);
+    // One fixed-size copy per case rather than a variable-length memmove.
+    match data_len & 3 {
+        1 => buf.extend_from_slice(&[0; 3]),
+        2 => buf.extend_from_slice(&[0; 2]),
+        3 => buf.extend_from_slice(&[0; 1]),
+        _ => {}
+    }
 }
 
 /// Writes one AVP with a typed payload into `buf`.
-#[inline]
+#[inline(always)]
 fn put_avp<T: AvpType, V: EncodeAs<T>>(buf: &mut BytesMut, key: &AvpKey<T>, value: &V) {
     let n = value.encoded_len();
     buf.reserve(AVP_VENDOR_HEADER_LEN + padded(n));
@@ -346,10 +402,12 @@ fn put_group(
 pub struct MessageBuilder {
     buf: BytesMut,
     start: usize,
+    header: Header,
 }
 
 impl MessageBuilder {
     /// A builder with the given flags, command code and application.
+    #[inline]
     pub fn new(flags: CommandFlags, command_code: u32, application_id: u32) -> Self {
         Self::new_in(BytesMut::with_capacity(256), flags, command_code, application_id)
     }
@@ -357,46 +415,51 @@ impl MessageBuilder {
     /// Like [`new`](Self::new), appending to `buf` (whose existing content is
     /// kept and excluded from the message). Reusing a buffer avoids the one
     /// allocation a builder otherwise makes.
+    #[inline]
     pub fn new_in(mut buf: BytesMut, flags: CommandFlags, command_code: u32, application_id: u32) -> Self {
         let start = buf.len();
         let header = Header { length: 0, flags, command_code, application_id, hop_by_hop: 0, end_to_end: 0 };
         buf.reserve(HEADER_LEN + 236);
-        buf.put_slice(&header.to_bytes());
-        MessageBuilder { buf, start }
+        // Written by `build`, once the length is known.
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        MessageBuilder { buf, start, header }
     }
 
+    #[inline]
     fn patch_flag(mut self, bit: u8, on: bool) -> Self {
-        let i = self.start + 4;
-        self.buf[i] = CommandFlags::from_bits(self.buf[i]).with(bit, on).bits();
+        self.header.flags = self.header.flags.with(bit, on);
         self
     }
     /// Sets or clears the P flag.
+    #[inline]
     pub fn proxiable(self, on: bool) -> Self {
         self.patch_flag(CommandFlags::PROXIABLE, on)
     }
     /// Sets or clears the E flag.
+    #[inline]
     pub fn error(self, on: bool) -> Self {
         self.patch_flag(CommandFlags::ERROR, on)
     }
     /// Sets or clears the T flag.
+    #[inline]
     pub fn retransmit(self, on: bool) -> Self {
         self.patch_flag(CommandFlags::RETRANSMIT, on)
     }
     /// Sets the Hop-by-Hop Identifier.
+    #[inline]
     pub fn hop_by_hop(mut self, id: u32) -> Self {
-        let i = self.start + 12;
-        self.buf[i..i + 4].copy_from_slice(&id.to_be_bytes());
+        self.header.hop_by_hop = id;
         self
     }
     /// Sets the End-to-End Identifier.
+    #[inline]
     pub fn end_to_end(mut self, id: u32) -> Self {
-        let i = self.start + 16;
-        self.buf[i..i + 4].copy_from_slice(&id.to_be_bytes());
+        self.header.end_to_end = id;
         self
     }
 
     /// Appends an AVP with a typed value.
-    #[inline]
+    #[inline(always)]
     pub fn avp<T: AvpType, V: EncodeAs<T>>(mut self, key: AvpKey<T>, value: V) -> Self {
         put_avp(&mut self.buf, &key, &value);
         self
@@ -476,16 +539,15 @@ impl MessageBuilder {
     /// If the message exceeds the 24-bit length field (16 MiB), which only a
     /// caller adding megabytes of AVPs can cause.
     pub fn build(self) -> Message {
-        let MessageBuilder { mut buf, start } = self;
+        let MessageBuilder { mut buf, start, mut header } = self;
         let length = buf.len() - start;
         assert!(length <= MAX_LENGTH_FIELD, "Diameter message of {length} bytes exceeds the 24-bit length field");
-        buf[start + 1..start + 4].copy_from_slice(&(length as u32).to_be_bytes()[1..]);
-        let all = buf.freeze();
-        let buf = all.slice(start..);
-        let header = match Header::parse(&buf) {
-            Ok(h) => h,
-            Err(e) => unreachable!("builder wrote an invalid header: {e}"),
-        };
+        header.length = length as u32;
+        buf[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
+        header.command_code &= 0x00ff_ffff;
+        // `slice` on a Vec-backed `Bytes` promotes it to a shared buffer,
+        // which allocates: only slice when there is a prefix to drop.
+        let buf = if start == 0 { buf.freeze() } else { buf.freeze().slice(start..) };
         Message { header, buf }
     }
 }

@@ -173,7 +173,19 @@ fn fixed<const N: usize>(avp: &Avp<'_>, data_type: &'static str) -> Result<[u8; 
     })
 }
 
+#[inline]
 fn utf8<'a>(avp: &Avp<'a>, data_type: &'static str) -> Result<&'a str, DecodeError> {
+    let data = avp.data();
+    // Diameter text is nearly always ASCII: check that word-at-a-time first.
+    if data.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(data) });
+    }
+    utf8_slow(avp, data_type)
+}
+
+#[cold]
+fn utf8_slow<'a>(avp: &Avp<'a>, data_type: &'static str) -> Result<&'a str, DecodeError> {
     std::str::from_utf8(avp.data()).map_err(|e| DecodeError::InvalidUtf8 {
         offset: avp.data_offset() + e.valid_up_to(),
         code: avp.code(),

@@ -1085,7 +1085,7 @@ mod tests {
         // Lookups by (code, vendor), by name and by command go through hash
         // maps, so they are O(1) whatever the dictionary's size.
         let d = build();
-        let by_key: &std::collections::HashMap<(u32, u32), usize> = &d.by_key;
+        let by_key = &d.by_key;
         let by_name: &std::collections::HashMap<Box<str>, usize> = &d.by_name;
         let commands: &std::collections::HashMap<u32, CommandDef> = &d.commands;
         assert_eq!(by_key.len(), d.avp_count());

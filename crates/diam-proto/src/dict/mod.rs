@@ -10,6 +10,33 @@
 //! Lookups by (code, vendor) and by name are hash-map lookups (O(1)).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hasher for (code, vendor) keys: one multiply instead of SipHash. Keys
+/// come from the dictionary author, so HashDoS resistance is not needed.
+#[derive(Default, Clone, Copy, Debug)]
+struct CodeHasher(u64);
+impl Hasher for CodeHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+type KeyHasher = BuildHasherDefault<CodeHasher>;
 use std::sync::OnceLock;
 
 use crate::avp::{Avp, AvpIter};
@@ -162,7 +189,7 @@ impl CommandDef {
 #[derive(Debug, Clone, Default)]
 pub struct Dictionary {
     avps: Vec<AvpDef>,
-    by_key: HashMap<(u32, u32), usize>,
+    by_key: HashMap<(u32, u32), usize, KeyHasher>,
     by_name: HashMap<Box<str>, usize>,
     commands: HashMap<u32, CommandDef>,
     command_names: HashMap<Box<str>, u32>,
