@@ -58,6 +58,44 @@ pub enum Error {
     /// The message is not a request, or is too large.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// The pool is closed.
+    #[error("the client pool is closed")]
+    PoolClosed,
+    /// The connection to this address is being re-established and the pool
+    /// is set to fail fast meanwhile.
+    #[error("reconnecting to the peer")]
+    Reconnecting,
+    /// The pool already holds its maximum number of addresses.
+    #[error("the pool already holds its maximum of {0} connections")]
+    PoolFull(usize),
+}
+
+/// Errors are cloned when one outcome reaches several callers (every caller
+/// that waited on the same connection establishment gets the same error).
+/// An I/O source is cloned as its kind and message.
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Error::InvalidConfig(s) => Error::InvalidConfig(s.clone()),
+            Error::Connect { addr, source } => {
+                Error::Connect { addr: *addr, source: io::Error::new(source.kind(), source.to_string()) }
+            }
+            Error::ConnectTimeout(a) => Error::ConnectTimeout(*a),
+            Error::HandshakeFailed { result_code, message } => {
+                Error::HandshakeFailed { result_code: *result_code, message: message.clone() }
+            }
+            Error::HandshakeTimeout => Error::HandshakeTimeout,
+            Error::ConnectionLost(r) => Error::ConnectionLost(r.clone()),
+            Error::Closed => Error::Closed,
+            Error::Timeout => Error::Timeout,
+            Error::Overloaded => Error::Overloaded,
+            Error::NotAvailable(s) => Error::NotAvailable(*s),
+            Error::InvalidRequest(s) => Error::InvalidRequest(s),
+            Error::PoolClosed => Error::PoolClosed,
+            Error::Reconnecting => Error::Reconnecting,
+            Error::PoolFull(n) => Error::PoolFull(*n),
+        }
+    }
 }
 
 impl Error {
@@ -65,9 +103,33 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout | Error::HandshakeTimeout | Error::ConnectTimeout(_))
     }
-    /// The connection is gone (lost or closed).
+    /// The connection or the pool is gone (lost or closed).
     pub fn is_closed(&self) -> bool {
-        matches!(self, Error::ConnectionLost(_) | Error::Closed)
+        matches!(self, Error::ConnectionLost(_) | Error::Closed | Error::PoolClosed)
+    }
+    /// The configuration is invalid.
+    pub fn is_invalid_config(&self) -> bool {
+        matches!(self, Error::InvalidConfig(_))
+    }
+    /// The capabilities exchange failed or timed out.
+    pub fn is_handshake(&self) -> bool {
+        matches!(self, Error::HandshakeFailed { .. } | Error::HandshakeTimeout)
+    }
+    /// A short stable name of the error's kind, for metrics and reports:
+    /// `timeout`, `connection_lost`, `closed`, `handshake`, `connect`,
+    /// `overloaded`, `unavailable`, `invalid`, `pool_closed`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Error::Timeout => "timeout",
+            Error::ConnectionLost(_) => "connection_lost",
+            Error::Closed => "closed",
+            Error::HandshakeFailed { .. } | Error::HandshakeTimeout => "handshake",
+            Error::Connect { .. } | Error::ConnectTimeout(_) => "connect",
+            Error::Overloaded | Error::PoolFull(_) => "overloaded",
+            Error::NotAvailable(_) | Error::Reconnecting => "unavailable",
+            Error::InvalidConfig(_) | Error::InvalidRequest(_) => "invalid",
+            Error::PoolClosed => "pool_closed",
+        }
     }
     /// The connection failed under the request.
     pub fn is_connection_lost(&self) -> bool {

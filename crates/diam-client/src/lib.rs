@@ -23,6 +23,7 @@ mod conn;
 mod error;
 mod handler;
 mod peer;
+mod pool;
 mod server;
 
 pub use config::ConnectionConfig;
@@ -30,6 +31,7 @@ pub use conn::{ConnectionStats, FailureCallback, FailureInfo, Hooks};
 pub use error::Error;
 pub use handler::{handler_fn, Handler, HandlerFuture, Response};
 pub use peer::Peer;
+pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolFailureCallback, PoolStats};
 pub use server::Server;
 
 pub use diam_proto::peer::{CloseReason, PeerInfo, PeerState};
