@@ -187,6 +187,9 @@ pub(crate) struct Task {
     pub(crate) shared: Arc<Shared>,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) hooks: Hooks,
+    /// Called inline (in the connection task) on failure: for the pool's
+    /// own bookkeeping, which is a few map operations.
+    pub(crate) inline_failure: Option<FailureCallback>,
     pub(crate) opened: Option<oneshot::Sender<Result<(), Error>>>,
     pending: HashMap<u32, Pending>,
     expiry: BinaryHeap<Reverse<(Instant, u32)>>,
@@ -210,6 +213,7 @@ impl Task {
             shared,
             commands,
             hooks,
+            inline_failure: None,
             opened,
             pending: HashMap::new(),
             expiry: BinaryHeap::new(),
@@ -552,21 +556,30 @@ impl Task {
                 let _ = w.send(());
             }
         }
-        if !matches!(reason, CloseReason::LocalDisconnect { .. }) {
+        // Waiters learn of the close first, then the failure hooks run.
+        self.shared.closed.send_replace(Some(reason.clone()));
+        if !matches!(reason, CloseReason::LocalDisconnect { .. })
+            && (self.inline_failure.is_some() || self.hooks.on_failure.is_some())
+        {
+            let info = FailureInfo {
+                connection_id: self.shared.id,
+                peer_address: self.shared.remote,
+                peer_origin_host: self.shared.peer_info.get().map(|p| p.origin_host.clone()),
+                reason,
+                state,
+                timestamp: SystemTime::now(),
+            };
+            if let Some(cb) = self.inline_failure.take() {
+                let info = info.clone();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(info))).is_err() {
+                    tracing::error!(id = self.shared.id, "internal failure hook panicked");
+                }
+            }
             if let Some(cb) = self.hooks.on_failure.clone() {
-                let info = FailureInfo {
-                    connection_id: self.shared.id,
-                    peer_address: self.shared.remote,
-                    peer_origin_host: self.shared.peer_info.get().map(|p| p.origin_host.clone()),
-                    reason: reason.clone(),
-                    state,
-                    timestamp: SystemTime::now(),
-                };
                 // The blocking pool isolates the callback: a slow one does not
                 // hold a runtime worker, a panicking one only ends its own task.
                 tokio::task::spawn_blocking(move || cb(info));
             }
         }
-        self.shared.closed.send_replace(Some(reason));
     }
 }

@@ -69,6 +69,7 @@ pub(crate) fn spawn_connection(
     role: Role,
     config: Arc<ConnectionConfig>,
     hooks: Hooks,
+    inline_failure: Option<crate::FailureCallback>,
     opened: Option<oneshot::Sender<Result<(), Error>>>,
 ) -> (mpsc::Sender<Command>, Arc<Shared>, tokio::task::JoinHandle<()>) {
     let _ = stream.set_nodelay(config.nodelay);
@@ -77,7 +78,8 @@ pub(crate) fn spawn_connection(
     let seed = seed();
     let mut proto = PeerConnection::new(role, config.peer.clone(), IdGenerator::new(unix_now(), seed), seed);
     proto.handle_connecting();
-    let task = Task::new(proto, config, shared.clone(), rx, hooks, opened);
+    let mut task = Task::new(proto, config, shared.clone(), rx, hooks, opened);
+    task.inline_failure = inline_failure;
     let handle = tokio::spawn(task.run(stream));
     (tx, shared, handle)
 }
@@ -93,6 +95,17 @@ impl Peer {
     /// [`connect`](Self::connect) with a request handler and/or a failure
     /// callback.
     pub async fn connect_with(addr: SocketAddr, config: ConnectionConfig, hooks: Hooks) -> Result<Peer, Error> {
+        Self::connect_inner(addr, config, hooks, None).await
+    }
+
+    /// [`connect_with`](Self::connect_with) plus a failure hook run inline
+    /// in the connection task (for the pool's bookkeeping).
+    pub(crate) async fn connect_inner(
+        addr: SocketAddr,
+        config: ConnectionConfig,
+        hooks: Hooks,
+        inline_failure: Option<crate::FailureCallback>,
+    ) -> Result<Peer, Error> {
         config.validate()?;
         let stream = match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -102,7 +115,7 @@ impl Peer {
         let config = Arc::new(config);
         let (opened_tx, opened_rx) = oneshot::channel();
         let (commands, shared, _task) =
-            spawn_connection(stream, addr, Role::Initiator, config.clone(), hooks, Some(opened_tx));
+            spawn_connection(stream, addr, Role::Initiator, config.clone(), hooks, inline_failure, Some(opened_tx));
         match opened_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),

@@ -351,7 +351,8 @@ impl AddressClient {
     }
 
     /// Adds a failure callback. It runs on tokio's blocking pool, after the
-    /// pool has already reacted (entry removed or reconnecting).
+    /// pool has already reacted (entry removed or reconnecting), so a slow
+    /// callback delays nothing.
     pub fn on_failure(&self, callback: impl Fn(&PoolFailure) + Send + Sync + 'static) {
         lock(&self.inner.on_failure).push(Arc::new(callback));
     }
@@ -613,30 +614,34 @@ impl Inner {
         removed
     }
 
-    fn hooks(self: &Arc<Self>, entry: &Arc<Entry>) -> Hooks {
+    /// The pool's failure hook for `entry`'s connection; it runs inline in
+    /// the connection task, so the entry is updated the moment the failure
+    /// is detected.
+    fn failure_hook(self: &Arc<Self>, entry: &Arc<Entry>) -> crate::FailureCallback {
         let pool = Arc::downgrade(self);
         let entry = Arc::downgrade(entry);
-        Hooks {
-            handler: self.config.handler.clone(),
-            on_failure: Some(Arc::new(move |info: FailureInfo| {
-                if let (Some(pool), Some(entry)) = (pool.upgrade(), entry.upgrade()) {
-                    pool.connection_failed(&entry, info);
-                }
-            })),
-        }
+        Arc::new(move |info: FailureInfo| {
+            if let (Some(pool), Some(entry)) = (pool.upgrade(), entry.upgrade()) {
+                pool.connection_failed(&entry, info);
+            }
+        })
     }
 
     /// Opens one connection for `entry`.
     async fn dial(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<Peer, Error> {
         self.emit(entry.id, Some(entry.remote.clone()), EventData::ConnectionCreated);
-        let peer = Peer::connect_with(entry.addr, self.config.connection.clone(), self.hooks(entry)).await?;
+        let hooks = Hooks { handler: self.config.handler.clone(), on_failure: None };
+        let peer =
+            Peer::connect_inner(entry.addr, self.config.connection.clone(), hooks, Some(self.failure_hook(entry)))
+                .await?;
         self.counters.created.fetch_add(1, Ordering::Relaxed);
         count_metric("diam_pool_connections_created_total");
         *lock(&entry.opened) = Instant::now();
         Ok(peer)
     }
 
-    /// Called (on the blocking pool) the moment a connection fails.
+    /// Called inline by the connection task the moment a connection fails;
+    /// user callbacks then run on the blocking pool.
     fn connection_failed(self: &Arc<Self>, entry: &Arc<Entry>, info: FailureInfo) {
         let detected = info.timestamp;
         self.counters.closed.fetch_add(1, Ordering::Relaxed);
@@ -666,9 +671,14 @@ impl Inner {
         self.counters.failure_callbacks.fetch_add(1, Ordering::Relaxed);
         count_metric("diam_pool_failure_callbacks_total");
         let callbacks = lock(&self.on_failure).clone();
-        for cb in callbacks {
-            // One panicking callback must not stop the others.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&failure)));
+        if !callbacks.is_empty() {
+            // Off the connection task: a slow or panicking user callback
+            // must not delay I/O; one panicking callback does not stop the others.
+            tokio::task::spawn_blocking(move || {
+                for cb in callbacks {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(&failure)));
+                }
+            });
         }
     }
 }

@@ -65,7 +65,15 @@ impl Server {
                     Ok((stream, remote)) => {
                         tracing::debug!(%remote, "accepted");
                         let (tx, _shared, handle) =
-                            spawn_connection(stream, remote, Role::Responder, self.config.clone(), self.hooks.clone(), None);
+                            spawn_connection(
+                                stream,
+                                remote,
+                                Role::Responder,
+                                self.config.clone(),
+                                self.hooks.clone(),
+                                None,
+                                None,
+                            );
                         connections.retain(|c| !c.is_closed());
                         connections.push(tx);
                         tasks.spawn(async move {

@@ -116,7 +116,7 @@ async fn one_connection_per_address_with_single_flight_establishment() {
     let peer = TestPeer::start(Duration::ZERO).await;
     let client = AddressClient::new(config()).unwrap();
     let mut joins = JoinSet::new();
-    for n in 0..100 {
+    for n in 0..1000 {
         let c = client.clone();
         let addr = peer.addr;
         joins.spawn(async move { c.send(addr, ccr(n)).await });
@@ -126,11 +126,11 @@ async fn one_connection_per_address_with_single_flight_establishment() {
     }
     assert_eq!(peer.connections.load(Ordering::SeqCst), 1);
     let s = client.stats();
-    assert_eq!((s.requests, s.answers, s.connections_created, s.active_connections), (100, 100, 1, 1));
+    assert_eq!((s.requests, s.answers, s.connections_created, s.active_connections), (1000, 1000, 1, 1));
     assert_eq!(client.list_connections(), vec![peer.addr]);
     let snap = client.connection(peer.addr).unwrap();
     assert_eq!(snap.origin_host.as_deref(), Some("peer.test"));
-    assert!(snap.stats.messages_sent >= 101);
+    assert!(snap.stats.messages_sent >= 1001);
     client.close(Duration::from_secs(1)).await;
     assert!(matches!(client.send(peer.addr, ccr(1)).await, Err(Error::PoolClosed)));
 }
