@@ -65,6 +65,10 @@ pub enum Error {
     /// is set to fail fast meanwhile.
     #[error("reconnecting to the peer")]
     Reconnecting,
+    /// The operation was abandoned: the connection task ended without
+    /// reporting an outcome (it was aborted, e.g. at runtime shutdown).
+    #[error("cancelled")]
+    Cancelled,
     /// The pool already holds its maximum number of addresses.
     #[error("the pool already holds its maximum of {0} connections")]
     PoolFull(usize),
@@ -94,6 +98,7 @@ impl Clone for Error {
             Error::PoolClosed => Error::PoolClosed,
             Error::Reconnecting => Error::Reconnecting,
             Error::PoolFull(n) => Error::PoolFull(*n),
+            Error::Cancelled => Error::Cancelled,
         }
     }
 }
@@ -117,7 +122,7 @@ impl Error {
     }
     /// A short stable name of the error's kind, for metrics and reports:
     /// `timeout`, `connection_lost`, `closed`, `handshake`, `connect`,
-    /// `overloaded`, `unavailable`, `invalid`, `pool_closed`.
+    /// `overloaded`, `unavailable`, `invalid`, `pool_closed`, `cancelled`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             Error::Timeout => "timeout",
@@ -129,6 +134,7 @@ impl Error {
             Error::NotAvailable(_) | Error::Reconnecting => "unavailable",
             Error::InvalidConfig(_) | Error::InvalidRequest(_) => "invalid",
             Error::PoolClosed => "pool_closed",
+            Error::Cancelled => "cancelled",
         }
     }
     /// The connection failed under the request.

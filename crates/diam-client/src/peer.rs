@@ -119,7 +119,7 @@ impl Peer {
         match opened_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(Error::Closed),
+            Err(_) => return Err(Error::Cancelled),
         }
         Ok(Peer {
             inner: Arc::new(Inner {
@@ -193,7 +193,7 @@ impl Peer {
                 })
             }
         }
-        Ok(async move { rx.await.unwrap_or(Err(Error::Closed)) })
+        Ok(async move { rx.await.unwrap_or(Err(Error::Cancelled)) })
     }
 
     /// Closes gracefully: stops taking requests, waits for outstanding
