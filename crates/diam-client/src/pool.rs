@@ -398,14 +398,37 @@ impl AddressClient {
 
     /// Sends without waiting for the answer (it is dropped when it comes).
     /// Fails at once if the connection is not open or is saturated.
+    ///
+    /// The request still counts in [`stats`](Self::stats) (as an answer,
+    /// an error or a timeout once it ends).
     pub fn send_no_wait(&self, addr: SocketAddr, request: Message) -> Result<(), Error> {
-        let entry = self.inner.entry(addr)?;
-        let Some(peer) = entry.peer() else { return Err(Error::NotAvailable(PeerState::Connecting)) };
-        *lock(&entry.last_used) = Instant::now();
-        self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let fut = peer.try_send(request)?;
-        tokio::spawn(fut);
-        Ok(())
+        let inner = &self.inner;
+        inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        count_metric("diam_client_requests_total");
+        let submitted = inner.entry(addr).and_then(|entry| {
+            let peer = entry.peer().ok_or(Error::NotAvailable(PeerState::Connecting))?;
+            *lock(&entry.last_used) = Instant::now();
+            peer.try_send(request)
+        });
+        match submitted {
+            Ok(fut) => {
+                let pool = inner.clone();
+                tokio::spawn(async move {
+                    match fut.await {
+                        Ok(_) => {
+                            pool.counters.answers.fetch_add(1, Ordering::Relaxed);
+                            count_metric("diam_client_answers_total");
+                        }
+                        Err(e) => pool.count_error(&e),
+                    }
+                });
+                Ok(())
+            }
+            Err(e) => {
+                inner.count_error(&e);
+                Err(e)
+            }
+        }
     }
 
     /// The open connection for `addr`, establishing it if needed.
@@ -522,14 +545,21 @@ impl AddressClient {
         self.inner.shutdown.send_replace(true);
         let entries: Vec<Arc<Entry>> = lock(&self.inner.entries).drain().map(|(_, e)| e).collect();
         let mut closing = tokio::task::JoinSet::new();
+        let mut closed_peers = Vec::new();
         for e in entries {
+            add_stats(&mut lock(&self.inner.counters.retired), &lock(&e.retired));
             if let Some(p) = e.peer() {
                 self.inner.counters.closed.fetch_add(1, Ordering::Relaxed);
+                closed_peers.push(p.clone());
                 closing.spawn(async move { p.close(disconnect_cause::REBOOTING).await });
             }
             e.slot.send_replace(Slot::Failed(Error::PoolClosed));
         }
         let _ = tokio::time::timeout(deadline, async { while closing.join_next().await.is_some() {} }).await;
+        // Their traffic stays in the pool totals.
+        for p in closed_peers {
+            add_stats(&mut lock(&self.inner.counters.retired), &p.stats());
+        }
         self.inner.emit(self.inner.pool_id, None, EventData::PoolReset);
     }
 }
@@ -766,14 +796,32 @@ async fn health_loop(pool: Weak<Inner>) {
         Some(p) => (sweep_interval(&p.config), p.shutdown.subscribe()),
         None => return,
     };
+    // Traffic totals go to the metrics facade once a second (the
+    // per-message counters live in the connections' atomics).
+    let publish = Duration::from_secs(1).min(interval);
+    let mut next_sweep = Instant::now() + interval;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(publish) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let Some(pool) = pool.upgrade() else { return };
-        sweep(&pool).await;
+        publish_metrics(&AddressClient { inner: pool.clone() }.stats());
+        if Instant::now() >= next_sweep {
+            sweep(&pool).await;
+            next_sweep = Instant::now() + interval;
+        }
     }
+}
+
+fn publish_metrics(s: &PoolStats) {
+    metrics::counter!("diam_pool_messages_sent_total").absolute(s.messages_sent);
+    metrics::counter!("diam_pool_messages_received_total").absolute(s.messages_received);
+    metrics::counter!("diam_pool_bytes_sent_total").absolute(s.bytes_sent);
+    metrics::counter!("diam_pool_bytes_received_total").absolute(s.bytes_received);
+    metrics::counter!("diam_pool_connections_closed_total").absolute(s.connections_closed);
+    metrics::counter!("diam_pool_reconnects_total").absolute(s.reconnects);
+    metrics::gauge!("diam_pool_active_connections").set(s.active_connections as f64);
 }
 
 /// How often to sweep: the health-check interval, or more often when idle

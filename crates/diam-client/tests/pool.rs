@@ -131,8 +131,29 @@ async fn one_connection_per_address_with_single_flight_establishment() {
     let snap = client.connection(peer.addr).unwrap();
     assert_eq!(snap.origin_host.as_deref(), Some("peer.test"));
     assert!(snap.stats.messages_sent >= 1001);
+    let before = client.stats();
     client.close(Duration::from_secs(1)).await;
+    let after = client.stats();
+    assert!(after.messages_sent >= before.messages_sent, "traffic totals survive close: {after:?}");
+    assert!(after.bytes_received >= before.bytes_received && after.bytes_received > 0);
     assert!(matches!(client.send(peer.addr, ccr(1)).await, Err(Error::PoolClosed)));
+}
+
+#[tokio::test]
+async fn send_no_wait_keeps_the_accounting_invariant() {
+    let peer = TestPeer::start(Duration::ZERO).await;
+    let client = AddressClient::new(config()).unwrap();
+    // Not open yet: a counted error.
+    assert!(client.send_no_wait(peer.addr, ccr(0)).is_err());
+    client.send(peer.addr, ccr(1)).await.unwrap();
+    for n in 2..12 {
+        client.send_no_wait(peer.addr, ccr(n)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = client.stats();
+    assert_eq!(s.requests, 12);
+    assert_eq!(s.requests, s.answers + s.errors + s.timeouts, "{s:?}");
+    assert_eq!(s.answers, 11);
 }
 
 #[tokio::test]
