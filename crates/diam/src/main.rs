@@ -7,9 +7,12 @@
 //! Dependencies: `clap` for argument parsing, `serde_json` for the JSON
 //! forms.
 
+mod bench_cmd;
 mod codec_cmd;
+mod demo_cmd;
 mod hex;
 mod json;
+mod metrics_export;
 mod peer_cmd;
 
 use std::path::PathBuf;
@@ -54,6 +57,20 @@ enum Command {
     /// Send one request after the handshake and print the answer as JSON.
     /// Exit 0 on a 2xxx Result-Code.
     Send(SendArgs),
+    /// A guided tour, no arguments and no outside server needed: three
+    /// embedded peers, traffic through the client pool, one peer killed
+    /// (failure callback and pool cleanup with their measured latency),
+    /// the peer restored (reconnection), and a final stats table. About
+    /// 8 s.
+    Demo,
+    /// Run the standard workload (CCR, app 4) through one client pool and
+    /// report throughput, latency percentiles and errors as JSON.
+    ///
+    /// Keeps --inflight requests outstanding (closed loop), or sends at
+    /// --rate requests/s (open loop, latency from each request's intended
+    /// send time). Progress goes to stderr, the final JSON to stdout;
+    /// requests == answers + errors + timeouts always holds.
+    Bench(BenchArgs),
 }
 
 /// Local Diameter identity.
@@ -118,6 +135,10 @@ pub(crate) struct ServeArgs {
     /// Fraction of requests left unanswered (0 to 1).
     #[arg(long, value_name = "F", default_value_t = 0.0)]
     pub(crate) drop_rate: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) identity: IdentityArgs,
     #[command(flatten)]
@@ -165,6 +186,38 @@ pub(crate) struct SendArgs {
     pub(crate) tuning: TuningArgs,
     #[command(flatten)]
     pub(crate) dict: DictArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// The peers, HOST:PORT[,HOST:PORT...]; requests go round-robin.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', required = true)]
+    pub(crate) peer: Vec<String>,
+    /// How long to send, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub(crate) duration: f64,
+    /// Requests in flight (closed loop); with --rate, the most outstanding.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub(crate) inflight: usize,
+    /// Open loop: send N requests/s at fixed intended times instead.
+    #[arg(long, value_name = "N")]
+    pub(crate) rate: Option<f64>,
+    /// Append one JSON line per connection lifecycle event to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) events: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics during the run.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
+    /// Print the final report on one line (default: pretty-printed).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Destination-Realm of the requests (default: --origin-realm).
+    #[arg(long, value_name = "R")]
+    pub(crate) destination_realm: Option<String>,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+    #[command(flatten)]
+    pub(crate) tuning: TuningArgs,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +289,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => peer_cmd::serve(&args),
         Command::Probe(args) => peer_cmd::probe(&args),
         Command::Send(args) => peer_cmd::send(&args),
+        Command::Demo => demo_cmd::demo(),
+        Command::Bench(args) => bench_cmd::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,19 +92,34 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     let delay = Duration::from_millis(args.delay_ms);
     let drop_rate = args.drop_rate;
     let rng = Arc::new(AtomicU64::new(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id())));
+    let rt = runtime()?;
+    if let Some(metrics_addr) = args.metrics {
+        let _in_runtime = rt.enter();
+        crate::metrics_export::install(metrics_addr)?;
+    }
+    // Taken after the recorder is installed: handles taken before it stay
+    // no-ops. Without --metrics they are no-ops anyway.
+    let counters = Arc::new(ServeCounters {
+        requests: metrics::counter!("diam_serve_requests_total"),
+        answers: metrics::counter!("diam_serve_answers_total", "result_code" => rc.to_string()),
+        dropped: metrics::counter!("diam_serve_dropped_total"),
+    });
     let handler = handler_fn(move |req: Message| {
-        let (origin_host, origin_realm, rng) = (origin_host.clone(), origin_realm.clone(), rng.clone());
+        counters.requests.increment(1);
+        let (origin_host, origin_realm, rng, counters) =
+            (origin_host.clone(), origin_realm.clone(), rng.clone(), counters.clone());
         async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
             if chance(drop_rate, &rng) {
+                counters.dropped.increment(1);
                 return Response::NoAnswer;
             }
+            counters.answers.increment(1);
             Response::Answer(standard_answer(&req, rc, &origin_host, &origin_realm))
         }
     });
-    let rt = runtime()?;
     rt.block_on(async move {
         let server = Server::bind(listen, cfg, Hooks { handler: Some(handler), ..Hooks::default() })
             .await
@@ -115,10 +130,20 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     })
 }
 
+/// `diam serve`'s counters (exported with `--metrics`).
+struct ServeCounters {
+    /// Application requests handed to the handler.
+    requests: metrics::Counter,
+    /// Answers produced, labelled with their Result-Code.
+    answers: metrics::Counter,
+    /// Requests left unanswered (`--drop-rate`).
+    dropped: metrics::Counter,
+}
+
 /// The answer `diam serve` gives: Session-Id (copied by `answer_to`),
 /// Result-Code, Origin-Host/Realm, and the request's Auth-Application-Id,
 /// CC-Request-Type and CC-Request-Number when present.
-fn standard_answer(req: &Message, rc: u32, origin_host: &str, origin_realm: &str) -> Message {
+pub(crate) fn standard_answer(req: &Message, rc: u32, origin_host: &str, origin_realm: &str) -> Message {
     let mut b = Message::answer_to(req)
         .error(result_codes::class(rc) == 3)
         .avp(avps::RESULT_CODE, rc)

@@ -1,0 +1,659 @@
+//! `diam bench`: the standard workload (Credit-Control-Request, application
+//! 4, command 272) through one [`AddressClient`].
+//!
+//! * Closed loop (default): `--inflight` worker tasks, each sending back to
+//!   back; with several peers, requests go round-robin across them.
+//! * Open loop (`--rate N`): requests are due at fixed intended times
+//!   (`start + k / N`); at most `--inflight` are outstanding, so when the
+//!   peer falls behind later requests go out late. Latency is measured from
+//!   the intended time, so a stall shows in the percentiles (no coordinated
+//!   omission).
+//!
+//! Every request is counted exactly once, when it completes, as an answer
+//! (whatever its Result-Code), an error (by [`Error::kind_name`]) or a
+//! timeout; the run waits for every outstanding request (each ends by its
+//! timeout), so `requests == answers + errors + timeouts` always holds.
+//!
+//! `--events FILE`: a listener on the pool's event dispatcher clones each
+//! lifecycle event (cheap, no allocation) into a bounded channel; a writer
+//! thread formats and appends the JSON lines, so file I/O never runs on a
+//! connection task. A full channel drops the event and counts the drop.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diam_client::{AddressClient, ConnectionConfig, Error, PoolConfig, PoolFailure};
+use diam_link::events::{DisconnectReason, Event, EventData, EventKind, Subscription};
+use diam_proto::peer::result_code;
+use diam_proto::watchdog::MIN_WATCHDOG_INTERVAL;
+use diam_proto::{apps, avps, commands, Message};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::{BenchArgs, Failure};
+
+/// Highest latency the histogram tracks exactly (larger values saturate).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// How early the open loop may send (the tokio timer's resolution).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+/// Capacity of the event channel between the listener and the writer.
+const EVENT_QUEUE: usize = 4096;
+/// Failure callbacks kept for the report.
+const MAX_FAILURES: usize = 100;
+/// Event kinds written to `--events` and counted. Per-request kinds
+/// (connection acquired/released) are left out: subscribing to them would
+/// make the pool emit one event per request.
+const EVENT_KINDS: [EventKind; 12] = [
+    EventKind::ConnectionCreated,
+    EventKind::Connected,
+    EventKind::Reconnected,
+    EventKind::Disconnected,
+    EventKind::Error,
+    EventKind::HealthCheck,
+    EventKind::MarkedForReconnect,
+    EventKind::ReconnectScheduled,
+    EventKind::PoolCreated,
+    EventKind::PoolExhausted,
+    EventKind::PoolReset,
+    EventKind::Custom,
+];
+
+// ---------------------------------------------------------------------------
+// Outcome counting
+
+/// Outcomes of completed requests.
+struct Tally {
+    /// Latency of answered requests, µs.
+    hist: Histogram<u64>,
+    answers: u64,
+    timeouts: u64,
+    errors: BTreeMap<&'static str, u64>,
+    /// Answers by Result-Code (`None`: the answer had none).
+    result_codes: BTreeMap<Option<u32>, u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
+            answers: 0,
+            timeouts: 0,
+            errors: BTreeMap::new(),
+            result_codes: BTreeMap::new(),
+        }
+    }
+
+    fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn requests(&self) -> u64 {
+        self.answers + self.timeouts + self.errors_total()
+    }
+
+    fn record(&mut self, outcome: &Result<Message, Error>, latency: Duration) {
+        match outcome {
+            Ok(answer) => {
+                self.answers += 1;
+                *self.result_codes.entry(result_code(answer)).or_default() += 1;
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                self.hist.saturating_record(us.max(1));
+            }
+            Err(Error::Timeout) => self.timeouts += 1,
+            Err(e) => *self.errors.entry(e.kind_name()).or_default() += 1,
+        }
+    }
+
+    /// Moves everything from `other` into `self`, leaving `other` empty.
+    fn absorb(&mut self, other: &mut Tally) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.hist.add(&other.hist);
+        other.hist.reset();
+        self.answers += std::mem::take(&mut other.answers);
+        self.timeouts += std::mem::take(&mut other.timeouts);
+        for (k, v) in std::mem::take(&mut other.errors) {
+            *self.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in std::mem::take(&mut other.result_codes) {
+            *self.result_codes.entry(k).or_default() += v;
+        }
+    }
+
+    fn latency_json(&self) -> Value {
+        let h = &self.hist;
+        let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+        json!({
+            "p50": q(0.50),
+            "p90": q(0.90),
+            "p99": q(0.99),
+            "p999": q(0.999),
+            "max": if h.is_empty() { 0 } else { h.max() },
+            "min": if h.is_empty() { 0 } else { h.min() },
+            "mean": if h.is_empty() { 0.0 } else { (h.mean() * 10.0).round() / 10.0 },
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------
+// The workload
+
+/// What every sender shares.
+struct Ctx {
+    client: AddressClient,
+    peers: Vec<SocketAddr>,
+    origin_host: String,
+    origin_realm: String,
+    destination_realm: String,
+    /// Makes Session-Ids unique across runs.
+    boot: u64,
+    /// Requests started (also the round-robin position and Session-Id suffix).
+    next: AtomicU64,
+    tally: Mutex<Tally>,
+    stop: AtomicBool,
+}
+
+impl Ctx {
+    /// The next request and the peer it goes to.
+    fn next_request(&self) -> (SocketAddr, Message) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let peer = self.peers[(n % self.peers.len() as u64) as usize];
+        let ccr = Message::request(apps::CREDIT_CONTROL, commands::CREDIT_CONTROL)
+            .proxiable(true)
+            .avp(avps::SESSION_ID, format!("{};{};{n}", self.origin_host, self.boot))
+            .avp(avps::ORIGIN_HOST, self.origin_host.as_str())
+            .avp(avps::ORIGIN_REALM, self.origin_realm.as_str())
+            .avp(avps::DESTINATION_REALM, self.destination_realm.as_str())
+            .avp(avps::AUTH_APPLICATION_ID, apps::CREDIT_CONTROL)
+            .avp(avps::CC_REQUEST_TYPE, 1i32) // INITIAL_REQUEST
+            .avp(avps::CC_REQUEST_NUMBER, 0u32)
+            .build();
+        (peer, ccr)
+    }
+}
+
+/// A pause after an error that came back at once (a dead peer refusing
+/// connections), so workers do not spin on it.
+async fn pace_fast_error(outcome: &Result<Message, Error>, latency: Duration) {
+    if outcome.is_err() && latency < Duration::from_millis(1) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One closed-loop worker: sends back to back until told to stop, then
+/// returns once its last request has completed.
+async fn closed_worker(ctx: Arc<Ctx>) {
+    let mut local = Tally::new();
+    let mut flushed = Instant::now();
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let (peer, ccr) = ctx.next_request();
+        let started = Instant::now();
+        let outcome = ctx.client.send(peer, ccr).await;
+        let latency = started.elapsed();
+        local.record(&outcome, latency);
+        pace_fast_error(&outcome, latency).await;
+        if flushed.elapsed() >= Duration::from_millis(100) {
+            lock(&ctx.tally).absorb(&mut local);
+            flushed = Instant::now();
+        }
+    }
+    lock(&ctx.tally).absorb(&mut local);
+}
+
+/// The open loop: request `k` is due at `start + k / rate`. Returns how
+/// many were due within the window.
+async fn open_loop(ctx: Arc<Ctx>, rate: f64, inflight: usize, window: Duration) -> u64 {
+    let permits = Arc::new(Semaphore::new(inflight));
+    let start = Instant::now();
+    let end = start + window;
+    let mut k: u64 = 0;
+    loop {
+        let intended = start + Duration::from_secs_f64(k as f64 / rate);
+        if intended >= end {
+            break;
+        }
+        // The timer wakes on millisecond ticks, at or after its deadline:
+        // aim up to 1 ms early so requests are not all sent late.
+        if let Some(wake) = intended.checked_sub(TIMER_SLACK) {
+            if wake > Instant::now() {
+                tokio::time::sleep_until(wake).await;
+            }
+        }
+        // Saturated: wait for a slot; the request goes out late, and its
+        // latency still counts from `intended`.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = tokio::time::sleep_until(end) => break,
+        };
+        k += 1;
+        let ctx = ctx.clone();
+        // Latency counts from the intended time, or from the actual send
+        // when the timer let it go early.
+        let origin = intended.min(Instant::now());
+        tokio::spawn(async move {
+            let (peer, ccr) = ctx.next_request();
+            let outcome = ctx.client.send(peer, ccr).await;
+            lock(&ctx.tally).record(&outcome, origin.elapsed());
+            drop(permit);
+        });
+    }
+    // Every outstanding request ends by its timeout.
+    let _ = permits.acquire_many(inflight as u32).await;
+    let due = (window.as_secs_f64() * rate).ceil() as u64;
+    due.max(k)
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle events
+
+fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// The detail of a `diam_link::Error` (its own Display is only the class,
+/// e.g. "session failed"; the cause says what happened).
+fn link_error_text(e: &diam_link::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => cause.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// One `--events` line.
+fn event_json(ev: &Event) -> Value {
+    let mut m = Map::new();
+    m.insert("ts_us".into(), json!(unix_us(ev.timestamp())));
+    m.insert("event".into(), json!(ev.kind().as_str()));
+    m.insert("peer".into(), json!(ev.remote().map(ToString::to_string)));
+    m.insert("connection_id".into(), json!(ev.connection_id().get()));
+    match ev.data() {
+        EventData::Connected { first } => {
+            m.insert("first".into(), json!(first));
+        }
+        EventData::Reconnected { attempt } => {
+            m.insert("attempt".into(), json!(attempt));
+        }
+        EventData::Disconnected { reason } => {
+            let text = match reason {
+                DisconnectReason::Failed(e) => link_error_text(e),
+                other => other.as_str().to_string(),
+            };
+            m.insert("reason".into(), json!(text));
+            m.insert("reason_kind".into(), json!(reason.as_str()));
+        }
+        EventData::Error { error } => {
+            m.insert("reason".into(), json!(link_error_text(error)));
+        }
+        EventData::ReconnectScheduled { attempt, delay } => {
+            m.insert("attempt".into(), json!(attempt));
+            m.insert("delay_ms".into(), json!(delay.as_millis() as u64));
+        }
+        EventData::HealthCheck { healthy, latency } => {
+            m.insert("healthy".into(), json!(healthy));
+            m.insert("latency_us".into(), json!(latency.as_micros() as u64));
+        }
+        EventData::Custom(c) => {
+            m.insert("name".into(), json!(c.name()));
+            m.insert("value".into(), json!(format!("{c:?}")));
+        }
+        _ => {}
+    }
+    Value::Object(m)
+}
+
+enum WriterMsg {
+    Event(Event),
+    Stop,
+}
+
+/// Counts events by kind and, with `--events`, hands them to the writer.
+struct EventLog {
+    counts: [AtomicU64; EVENT_KINDS.len()],
+    dropped: AtomicU64,
+    tx: Option<SyncSender<WriterMsg>>,
+}
+
+impl EventLog {
+    fn on_event(&self, ev: &Event) {
+        if let Some(i) = EVENT_KINDS.iter().position(|k| *k == ev.kind()) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(tx) = &self.tx {
+            // Never blocks the emitting (connection) task.
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                tx.try_send(WriterMsg::Event(ev.clone()))
+            {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn counts_json(&self) -> Value {
+        let mut m = Map::new();
+        for (kind, n) in EVENT_KINDS.iter().zip(&self.counts) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                m.insert(kind.as_str().into(), json!(n));
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+/// Appends event lines to `file`, flushing whenever the queue runs dry.
+fn writer_thread(file: std::fs::File, rx: Receiver<WriterMsg>) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(file);
+    while let Ok(msg) = rx.recv() {
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Event(ev) => {
+                    serde_json::to_writer(&mut out, &event_json(&ev))?;
+                    out.write_all(b"\n")?;
+                }
+                WriterMsg::Stop => return out.flush(),
+            }
+            next = rx.try_recv().ok();
+        }
+        out.flush()?;
+    }
+    out.flush()
+}
+
+/// The running `--events` writer.
+struct EventWriter {
+    tx: SyncSender<WriterMsg>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl EventWriter {
+    fn start(path: &Path) -> Result<EventWriter, Failure> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Failure::input(format!("--events {}: {e}", path.display())))?;
+        let (tx, rx) = sync_channel(EVENT_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("diam-bench-events".into())
+            .spawn(move || writer_thread(file, rx))
+            .map_err(|e| Failure::failed(format!("starting the event writer: {e}")))?;
+        Ok(EventWriter { tx, thread })
+    }
+
+    /// Writes what is queued, flushes and stops.
+    fn finish(self) -> Result<(), String> {
+        let _ = self.tx.send(WriterMsg::Stop);
+        match self.thread.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the event writer panicked".into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Options
+
+/// Resolves one `--peer` address.
+fn resolve(peer: &str) -> Result<SocketAddr, Failure> {
+    let peer = peer.trim();
+    if let Ok(a) = peer.parse() {
+        return Ok(a);
+    }
+    match peer.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| Failure::input(format!("--peer {peer}: no address"))),
+        Err(e) => Err(Failure::input(format!("--peer {peer}: expected HOST:PORT ({e})"))),
+    }
+}
+
+/// The pool configuration: identity and timers from the common options,
+/// Credit-Control advertised, fast reconnection (100 ms growing to 1 s) so a
+/// restarted peer is picked up at once.
+fn pool_config(args: &BenchArgs) -> Result<PoolConfig, Failure> {
+    let (id, tuning) = (&args.identity, &args.tuning);
+    let mut c = ConnectionConfig::new(id.origin_host.clone(), id.origin_realm.clone());
+    c.peer.auth_application_ids = vec![apps::CREDIT_CONTROL];
+    c.peer.origin_state_id = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
+    let tw = Duration::from_millis(tuning.tw_ms);
+    if tw < MIN_WATCHDOG_INTERVAL {
+        eprintln!(
+            "diam: warning: --tw-ms {} is below the RFC 3539 minimum of {} ms",
+            tuning.tw_ms,
+            MIN_WATCHDOG_INTERVAL.as_millis()
+        );
+    }
+    c.peer.watchdog.interval = tw;
+    // RFC 3539: ±2 s of jitter; scaled down for short test intervals.
+    c.peer.watchdog.jitter = Duration::from_secs(2).min(tw / 4);
+    c.peer.watchdog.dwr_timeout = Duration::from_millis(tuning.dwr_timeout_ms);
+    c.peer.watchdog.max_dwr_failures = tuning.max_dwr_failures;
+    c.request_timeout = Duration::from_millis(tuning.request_timeout_ms);
+    c.max_pending = tuning.max_pending;
+    let mut p = PoolConfig { connection: c, ..PoolConfig::default() };
+    p.reconnect_enabled = true;
+    p.reconnect_interval = Duration::from_millis(100);
+    p.max_reconnect_delay = Duration::from_secs(1);
+    p.reconnect_backoff = 2.0;
+    p.max_reconnect_attempts = u32::MAX;
+    p.validate().map_err(|e| Failure::input(e.to_string()))?;
+    Ok(p)
+}
+
+// ---------------------------------------------------------------------------
+// Progress
+
+fn progress_bar(window: Duration) -> ProgressBar {
+    let target =
+        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(window.as_millis() as u64), target);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:20}] {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Updates the bar every 250 ms: the send rate over the last interval (from
+/// the live request counter), and the p99 and errors so far (from what the
+/// workers have flushed, at most 100 ms old).
+async fn progress(ctx: Arc<Ctx>, bar: ProgressBar, started: Instant) {
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (p99, errors, timeouts) = {
+            let t = lock(&ctx.tally);
+            let p99 = if t.hist.is_empty() { 0 } else { t.hist.value_at_quantile(0.99) };
+            (p99, t.errors_total(), t.timeouts)
+        };
+        let sent = ctx.next.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let dt = now.duration_since(last.0).as_secs_f64();
+        let rate = if dt > 0.0 { sent.saturating_sub(last.1) as f64 / dt } else { 0.0 };
+        last = (now, sent);
+        bar.set_position(started.elapsed().as_millis() as u64);
+        bar.set_message(format!("{rate:>7.0} req/s  p99 {p99} µs  errors {errors}  timeouts {timeouts}"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The command
+
+pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
+    if !(args.duration.is_finite() && args.duration > 0.0 && args.duration <= 1e7) {
+        return Err(Failure::input("--duration must be a positive number of seconds"));
+    }
+    if args.inflight == 0 || args.inflight > 1_000_000 {
+        return Err(Failure::input("--inflight must be between 1 and 1000000"));
+    }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(Failure::input("--rate must be a positive number of requests per second"));
+        }
+    }
+    let peers: Vec<SocketAddr> =
+        args.peer.iter().filter(|p| !p.trim().is_empty()).map(|p| resolve(p)).collect::<Result<_, _>>()?;
+    if peers.is_empty() {
+        return Err(Failure::input("--peer needs at least one address"));
+    }
+    let metrics_addr = match &args.metrics {
+        Some(a) => Some(resolve(a).map_err(|_| Failure::input(format!("--metrics {a}: expected HOST:PORT")))?),
+        None => None,
+    };
+    let config = pool_config(args)?;
+    let window = Duration::from_secs_f64(args.duration);
+    let writer = args.events.as_deref().map(EventWriter::start).transpose()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))?;
+
+    let report = rt.block_on(async {
+        if let Some(addr) = metrics_addr {
+            crate::metrics_export::install(addr)?;
+        }
+        let client = AddressClient::new(config).map_err(|e| Failure::input(e.to_string()))?;
+        let log = Arc::new(EventLog {
+            counts: Default::default(),
+            dropped: AtomicU64::new(0),
+            tx: writer.as_ref().map(|w| w.tx.clone()),
+        });
+        let subscriptions: Vec<Subscription> = EVENT_KINDS
+            .iter()
+            .map(|&kind| {
+                let log = log.clone();
+                client.events().subscribe(kind, move |ev: &Event| log.on_event(ev))
+            })
+            .collect();
+        let failures: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let f = failures.clone();
+        client.on_failure(move |pf: &PoolFailure| {
+            let mut v = lock(&f);
+            if v.len() < MAX_FAILURES {
+                v.push(json!({
+                    "peer": pf.info.peer_address.to_string(),
+                    "reason": pf.info.reason.to_string(),
+                    "detected_ts_us": unix_us(pf.info.timestamp),
+                    "cleanup_us": pf.cleanup_latency.as_micros() as u64,
+                    "reconnecting": pf.reconnecting,
+                }));
+            }
+        });
+
+        let ctx = Arc::new(Ctx {
+            client: client.clone(),
+            peers: peers.clone(),
+            origin_host: args.identity.origin_host.clone(),
+            origin_realm: args.identity.origin_realm.clone(),
+            destination_realm: args.destination_realm.clone().unwrap_or_else(|| args.identity.origin_realm.clone()),
+            boot: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            next: AtomicU64::new(0),
+            tally: Mutex::new(Tally::new()),
+            stop: AtomicBool::new(false),
+        });
+        let bar = progress_bar(window);
+        let started = Instant::now();
+        let ticker = tokio::spawn(progress(ctx.clone(), bar.clone(), started));
+
+        let mut due = None;
+        match args.rate {
+            None => {
+                let workers: Vec<_> = (0..args.inflight).map(|_| tokio::spawn(closed_worker(ctx.clone()))).collect();
+                tokio::time::sleep(window).await;
+                ctx.stop.store(true, Ordering::Relaxed);
+                // Each worker ends once its last request has (by its timeout).
+                for w in workers {
+                    let _ = w.await;
+                }
+            }
+            Some(rate) => due = Some(open_loop(ctx.clone(), rate, args.inflight, window).await),
+        }
+        let elapsed = started.elapsed();
+        ticker.abort();
+        bar.finish_and_clear();
+
+        let stats = client.stats();
+        client.close(Duration::from_secs(2)).await;
+        drop(subscriptions);
+
+        let t = lock(&ctx.tally);
+        let secs = elapsed.as_secs_f64();
+        let mut r = Map::new();
+        r.insert("peers".into(), json!(peers.iter().map(ToString::to_string).collect::<Vec<_>>()));
+        r.insert("duration_s".into(), json!((secs * 1000.0).round() / 1000.0));
+        r.insert("inflight".into(), json!(args.inflight));
+        r.insert("requests".into(), json!(t.requests()));
+        r.insert("answers".into(), json!(t.answers));
+        r.insert("errors".into(), json!(t.errors));
+        r.insert("errors_total".into(), json!(t.errors_total()));
+        r.insert("timeouts".into(), json!(t.timeouts));
+        let codes: Map<String, Value> = t
+            .result_codes
+            .iter()
+            .map(|(k, v)| (k.map_or_else(|| "none".to_string(), |c| c.to_string()), json!(v)))
+            .collect();
+        r.insert("result_codes".into(), Value::Object(codes));
+        r.insert("rps".into(), json!((t.answers as f64 / secs).round() as u64));
+        r.insert("latency_us".into(), t.latency_json());
+        if let (Some(rate), Some(due)) = (args.rate, due) {
+            r.insert("target_rate".into(), json!(rate));
+            r.insert("achieved_rate".into(), json!((t.requests() as f64 / secs * 10.0).round() / 10.0));
+            r.insert("scheduled".into(), json!(due));
+        }
+        r.insert("events".into(), log.counts_json());
+        r.insert("events_dropped".into(), json!(log.dropped.load(Ordering::Relaxed)));
+        r.insert("failures".into(), Value::Array(lock(&failures).clone()));
+        r.insert(
+            "pool".into(),
+            json!({
+                "requests": stats.requests,
+                "answers": stats.answers,
+                "errors": stats.errors,
+                "timeouts": stats.timeouts,
+                "connections_created": stats.connections_created,
+                "failed_establishments": stats.failed_establishments,
+                "reconnect_attempts": stats.reconnect_attempts,
+                "reconnects": stats.reconnects,
+                "failure_callbacks": stats.failure_callbacks,
+                "messages_sent": stats.messages_sent,
+                "messages_received": stats.messages_received,
+                "bytes_sent": stats.bytes_sent,
+                "bytes_received": stats.bytes_received,
+            }),
+        );
+        Ok::<_, Failure>((Value::Object(r), t.answers))
+    });
+    // The runtime's blocking pool may still hold a failure callback.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let (report, answers) = report?;
+    if let Some(w) = writer {
+        if let Err(e) = w.finish() {
+            eprintln!("diam: warning: writing --events: {e}");
+        }
+    }
+    let text = if args.json { serde_json::to_string(&report) } else { serde_json::to_string_pretty(&report) };
+    let text = text.map_err(|e| Failure::failed(format!("formatting the report: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::failed(format!("writing output: {e}")))?;
+    if answers == 0 {
+        return Err(Failure::failed("no request was answered"));
+    }
+    Ok(())
+}
