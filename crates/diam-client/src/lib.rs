@@ -35,3 +35,8 @@ pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolF
 pub use server::Server;
 
 pub use diam_proto::peer::{CloseReason, PeerInfo, PeerState};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

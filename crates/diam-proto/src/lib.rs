@@ -56,8 +56,3 @@ pub use error::{Container, DecodeError};
 pub use framing::{check_frame, FrameDecoder, FrameStatus, DEFAULT_MAX_MESSAGE_SIZE};
 pub use header::{CommandFlags, Header, HEADER_LEN, MAX_LENGTH_FIELD, VERSION};
 pub use message::{AvpKey, GroupBuilder, Message, MessageBuilder};
-
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;
