@@ -245,6 +245,11 @@ impl Task {
             if let Some(reason) = self.process_events() {
                 break reason;
             }
+            // Answers produced inline while processing events.
+            while let Some(m) = self.peer.poll_transmit() {
+                self.count_sent(&m);
+                wbuf.extend_from_slice(m.as_bytes());
+            }
             if self.start_dpr_if_drained() {
                 continue;
             }
@@ -262,7 +267,7 @@ impl Task {
             let accepting = self.closing.is_none();
             tokio::select! {
                 biased;
-                r = rd.read_buf(&mut rbuf) => match r {
+                r = rd.read_buf(&mut rbuf), if wbuf.len() < MAX_COALESCE => match r {
                     Ok(0) | Err(_) => self.peer.handle_transport_closed(),
                     Ok(n) => {
                         self.shared.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
@@ -282,14 +287,7 @@ impl Task {
                         }
                     }
                 },
-                r = wr.write(&wbuf), if !wbuf.is_empty() => match r {
-                    Ok(0) | Err(_) => self.peer.handle_transport_closed(),
-                    Ok(n) => {
-                        wbuf.advance(n);
-                        write_wait = if wbuf.is_empty() { None } else { Some(Instant::now()) };
-                    }
-                },
-                cmd = self.commands.recv(), if accepting => match cmd {
+                cmd = self.commands.recv(), if accepting && wbuf.len() < MAX_COALESCE => match cmd {
                     Some(cmd) => {
                         self.command(cmd, &mut wbuf);
                         // Coalesce everything already queued into this write.
@@ -305,6 +303,9 @@ impl Task {
                 },
                 Some(done) = self.handlers.join_next_with_id(), if !self.handlers.is_empty() => {
                     self.handler_done(done);
+                    while let Some(done) = self.handlers.try_join_next_with_id() {
+                        self.handler_done(done);
+                    }
                 },
                 () = &mut timer => {
                     let now = Instant::now();
@@ -312,6 +313,13 @@ impl Task {
                     self.expire(now);
                     if write_wait.is_some_and(|t| now.duration_since(t) >= self.config.write_timeout) {
                         self.peer.fail(CloseReason::WriteTimeout);
+                    }
+                },
+                r = wr.write(&wbuf), if !wbuf.is_empty() => match r {
+                    Ok(0) | Err(_) => self.peer.handle_transport_closed(),
+                    Ok(n) => {
+                        wbuf.advance(n);
+                        write_wait = if wbuf.is_empty() { None } else { Some(Instant::now()) };
                     }
                 },
             }
@@ -382,7 +390,21 @@ impl Task {
             self.answer_error(&req, result_codes::DIAMETER_TOO_BUSY);
             return;
         }
-        let fut = handler.handle(req.clone(), info);
+        let mut fut = handler.handle(req.clone(), info);
+        // Fast path: a handler that is ready at once answers inline, with
+        // no task spawned (the common case for simple servers).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+            Ok(std::task::Poll::Ready(resp)) => {
+                self.respond(&req, Ok(resp));
+                return;
+            }
+            Ok(std::task::Poll::Pending) => {}
+            Err(_) => {
+                self.answer_error(&req, result_codes::DIAMETER_UNABLE_TO_COMPLY);
+                return;
+            }
+        }
         let abort = self.handlers.spawn(fut);
         self.handler_requests.insert(abort.id(), req);
     }
@@ -393,6 +415,11 @@ impl Task {
             Err(e) => (e.id(), Err(e)),
         };
         let Some(req) = self.handler_requests.remove(&id) else { return };
+        self.respond(&req, answer);
+    }
+
+    fn respond(&mut self, req: &Message, answer: Result<Response, tokio::task::JoinError>) {
+        let req = req.clone();
         match answer {
             Ok(Response::Answer(ans)) => self.peer.send_answer(ans),
             Ok(Response::CommandUnsupported) => self.answer_error(&req, result_codes::DIAMETER_COMMAND_UNSUPPORTED),

@@ -39,7 +39,10 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>
 /// Answers application requests (everything except CER, DWR and DPR, which
 /// the connection answers itself).
 ///
-/// Each request runs concurrently in its own task. Returning
+/// The connection polls the returned future once in place: a handler that
+/// is ready at once (no `.await` that waits) answers with no task spawned,
+/// so keep synchronous work before the first `.await` short. A handler that
+/// waits continues in its own task, concurrently with the others. Returning
 /// [`Response::CommandUnsupported`] makes the connection answer 3001
 /// DIAMETER_COMMAND_UNSUPPORTED; a handler that panics gets 5012
 /// DIAMETER_UNABLE_TO_COMPLY sent for it. The answer's

@@ -387,6 +387,19 @@ impl AddressClient {
     }
 
     async fn send_inner(&self, addr: SocketAddr, request: Message, timeout: Duration) -> Result<Message, Error> {
+        // Fast path: an open connection, no waiting, no timer.
+        if let Ok(entry) = self.inner.entry(addr) {
+            let ready = match &*entry.slot.borrow() {
+                Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent) => Some(p.clone()),
+                _ => None,
+            };
+            if let Some(peer) = ready {
+                if !self.inner.events.has_listeners(EventKind::ConnectionAcquired) {
+                    *lock(&entry.last_used) = Instant::now();
+                    return peer.send_with_timeout(request, timeout).await;
+                }
+            }
+        }
         let deadline = Instant::now() + timeout;
         let peer = match tokio::time::timeout_at(deadline, self.ready_peer(addr)).await {
             Ok(p) => p?,

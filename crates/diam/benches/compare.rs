@@ -25,11 +25,14 @@
 //! Everything runs on one tokio multi-thread runtime with 2 workers (this
 //! machine's cores), client and server alike, for every implementation.
 //!
-//! Run: `cargo bench -p diam --bench compare`. Environment:
-//! `DIAM_COMPARE_SECS` (measurement per cell, default 3),
-//! `DIAM_COMPARE_WARMUP_MS` (default 500), `DIAM_COMPARE_INFLIGHT`
-//! (default `1,16,256`), `DIAM_COMPARE_IMPLS` (default
-//! `pool,peer,theirs`: which rows to run, e.g. for profiling). Without `--bench` (e.g. `cargo test --benches`)
+//! Run: `cargo bench -p diam --bench compare` (about a minute). Environment:
+//! `DIAM_COMPARE_SECS` (measurement per cell, default 2),
+//! `DIAM_COMPARE_WARMUP_MS` (default 300), `DIAM_COMPARE_ROUNDS` (default
+//! 3: each cell runs that many times, implementations interleaved, and the
+//! median is reported, since a shared 2-core machine is noisy),
+//! `DIAM_COMPARE_INFLIGHT` (default `1,16,256`), `DIAM_COMPARE_IMPLS`
+//! (default `pool,peer,theirs`: which rows to run, e.g. for profiling).
+//! Without `--bench` (e.g. `cargo test --benches`)
 //! it runs a short smoke pass.
 
 use std::future::Future;
@@ -363,42 +366,93 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The implementations, in table order.
+const IMPLS: [(&str, &str); 3] = [("pool", "diam AddressClient"), ("peer", "diam Peer"), ("theirs", "diameter 0.7.1")];
+
+fn run_cell(rt: &tokio::runtime::Runtime, which: &str, n: usize, warmup: Duration, window: Duration) -> Cell {
+    match which {
+        "pool" => rt.block_on(bench_ours_pool(n, warmup, window)),
+        "peer" => rt.block_on(bench_ours_peer(n, warmup, window)),
+        _ => rt.block_on(bench_theirs(n, warmup, window)),
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (secs_ms, warmup_ms) =
-        if full { (env_u64("DIAM_COMPARE_SECS", 3) * 1000, env_u64("DIAM_COMPARE_WARMUP_MS", 500)) } else { (200, 50) };
+    let (secs_ms, warmup_ms, rounds) = if full {
+        (
+            env_u64("DIAM_COMPARE_SECS", 2) * 1000,
+            env_u64("DIAM_COMPARE_WARMUP_MS", 300),
+            env_u64("DIAM_COMPARE_ROUNDS", 3).max(1) as usize,
+        )
+    } else {
+        (200, 50, 1)
+    };
     let window = Duration::from_millis(secs_ms);
     let warmup = Duration::from_millis(warmup_ms);
     let levels: Vec<usize> = std::env::var("DIAM_COMPARE_INFLIGHT")
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 16, 256]);
+    let only = std::env::var("DIAM_COMPARE_IMPLS").unwrap_or_else(|_| "pool,peer,theirs".into());
+    let impls: Vec<(&str, &str)> = IMPLS.iter().copied().filter(|(k, _)| only.contains(k)).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
     println!(
-        "standard workload: CCR (app 4, cmd 272) -> CCA 2001, one TCP connection on 127.0.0.1, \
-         {:.1} s per cell after {} ms of warm-up, 2 runtime workers\n",
+        "standard workload: CCR (app 4, cmd 272) -> CCA 2001, one TCP connection on 127.0.0.1, 2 runtime workers;\n\
+         {rounds} round(s) per cell of {:.1} s after {} ms of warm-up, implementations interleaved; \
+         the median round is shown (req/s range in brackets)\n",
         window.as_secs_f64(),
         warmup.as_millis()
     );
     println!(
-        "{:>9}  {:<20} {:>10} {:>8} {:>8} {:>8}",
-        "in flight", "implementation", "req/s", "p50 µs", "p99 µs", "failed"
+        "{:>9}  {:<20} {:>10} {:>21} {:>8} {:>8} {:>7}",
+        "in flight", "implementation", "req/s", "[min - max]", "p50 µs", "p99 µs", "failed"
     );
     let mut ratios = Vec::new();
-    let only = std::env::var("DIAM_COMPARE_IMPLS").unwrap_or_else(|_| "pool,peer,theirs".into());
-    let skip = || Cell { rps: 0.0, p50: 0, p99: 0, failures: 0 };
     for &n in &levels {
-        let pool = if only.contains("pool") { rt.block_on(bench_ours_pool(n, warmup, window)) } else { skip() };
-        let peer = if only.contains("peer") { rt.block_on(bench_ours_peer(n, warmup, window)) } else { skip() };
-        let theirs = if only.contains("theirs") { rt.block_on(bench_theirs(n, warmup, window)) } else { skip() };
-        for (name, c) in [("diam AddressClient", &pool), ("diam Peer", &peer), ("diameter 0.7.1", &theirs)] {
-            println!("{n:>9}  {name:<20} {:>10.0} {:>8} {:>8} {:>8}", c.rps, c.p50, c.p99, c.failures);
+        let mut cells: Vec<Vec<Cell>> = impls.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            // Rotate the order so no implementation always runs first.
+            for k in 0..impls.len() {
+                let i = (k + round) % impls.len();
+                cells[i].push(run_cell(&rt, impls[i].0, n, warmup, window));
+            }
         }
-        let ratio = if theirs.rps > 0.0 { pool.rps / theirs.rps } else { f64::INFINITY };
-        let ratio_peer = if theirs.rps > 0.0 { peer.rps / theirs.rps } else { f64::INFINITY };
-        println!("{:>9}  ratio ours/theirs: AddressClient {ratio:.2}x, Peer {ratio_peer:.2}x\n", "");
-        ratios.push((n, ratio));
+        let mut median = std::collections::HashMap::new();
+        for ((key, name), mut runs) in impls.iter().zip(cells) {
+            runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            let (lo, hi) = (runs[0].rps, runs[runs.len() - 1].rps);
+            let failures: u64 = runs.iter().map(|c| c.failures).sum();
+            let m = runs.swap_remove(runs.len() / 2);
+            println!(
+                "{n:>9}  {name:<20} {:>10.0} {:>21} {:>8} {:>8} {:>7}",
+                m.rps,
+                format!("[{lo:.0} - {hi:.0}]"),
+                m.p50,
+                m.p99,
+                failures
+            );
+            median.insert(*key, m.rps);
+        }
+        if let Some(&theirs) = median.get("theirs") {
+            let mut line = String::new();
+            for (key, name) in &impls[..] {
+                if let (true, Some(ours)) = (*key != "theirs", median.get(key)) {
+                    line.push_str(&format!("  {name} {:.2}x", ours / theirs));
+                }
+            }
+            println!("{:>9}  ratio ours/theirs (medians):{line}\n", "");
+            if let Some(ours) = median.get("pool") {
+                ratios.push((n, ours / theirs));
+            }
+        }
+    }
+    if !full {
+        println!(
+            "smoke pass (run without --bench): figures are not meaningful; use `cargo bench -p diam --bench compare`"
+        );
+        return;
     }
     let target = |n: usize| match n {
         1 => Some(2.0),
@@ -408,7 +462,7 @@ fn main() {
     for (n, r) in ratios {
         if let Some(t) = target(n) {
             let verdict = if r >= t { "met" } else { "MISSED" };
-            println!("target at {n} in flight: >= {t:.0}x the diameter crate: {r:.2}x ({verdict})");
+            println!("target at {n} in flight: AddressClient >= {t:.0}x the diameter crate: {r:.2}x ({verdict})");
         }
     }
 }
