@@ -21,17 +21,16 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use diam_client::{AddressClient, ConnectionConfig, Error, PoolConfig, PoolFailure};
+use diam_client::{AddressClient, Error, PoolConfig, PoolFailure};
 use diam_link::events::{DisconnectReason, Event, EventData, EventKind, Subscription};
 use diam_proto::peer::result_code;
-use diam_proto::watchdog::MIN_WATCHDOG_INTERVAL;
 use diam_proto::{apps, avps, commands, Message};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -410,41 +409,11 @@ impl EventWriter {
 // ---------------------------------------------------------------------------
 // Options
 
-/// Resolves one `--peer` address.
-fn resolve(peer: &str) -> Result<SocketAddr, Failure> {
-    let peer = peer.trim();
-    if let Ok(a) = peer.parse() {
-        return Ok(a);
-    }
-    match peer.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| Failure::input(format!("--peer {peer}: no address"))),
-        Err(e) => Err(Failure::input(format!("--peer {peer}: expected HOST:PORT ({e})"))),
-    }
-}
-
 /// The pool configuration: identity and timers from the common options,
 /// Credit-Control advertised, fast reconnection (100 ms growing to 1 s) so a
 /// restarted peer is picked up at once.
 fn pool_config(args: &BenchArgs) -> Result<PoolConfig, Failure> {
-    let (id, tuning) = (&args.identity, &args.tuning);
-    let mut c = ConnectionConfig::new(id.origin_host.clone(), id.origin_realm.clone());
-    c.peer.auth_application_ids = vec![apps::CREDIT_CONTROL];
-    c.peer.origin_state_id = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
-    let tw = Duration::from_millis(tuning.tw_ms);
-    if tw < MIN_WATCHDOG_INTERVAL {
-        eprintln!(
-            "diam: warning: --tw-ms {} is below the RFC 3539 minimum of {} ms",
-            tuning.tw_ms,
-            MIN_WATCHDOG_INTERVAL.as_millis()
-        );
-    }
-    c.peer.watchdog.interval = tw;
-    // RFC 3539: ±2 s of jitter; scaled down for short test intervals.
-    c.peer.watchdog.jitter = Duration::from_secs(2).min(tw / 4);
-    c.peer.watchdog.dwr_timeout = Duration::from_millis(tuning.dwr_timeout_ms);
-    c.peer.watchdog.max_dwr_failures = tuning.max_dwr_failures;
-    c.request_timeout = Duration::from_millis(tuning.request_timeout_ms);
-    c.max_pending = tuning.max_pending;
+    let c = crate::peer_cmd::config(&args.identity, &args.tuning, &[apps::CREDIT_CONTROL])?;
     let mut p = PoolConfig { connection: c, ..PoolConfig::default() };
     p.reconnect_enabled = true;
     p.reconnect_interval = Duration::from_millis(100);
@@ -505,22 +474,25 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             return Err(Failure::input("--rate must be a positive number of requests per second"));
         }
     }
-    let peers: Vec<SocketAddr> =
-        args.peer.iter().filter(|p| !p.trim().is_empty()).map(|p| resolve(p)).collect::<Result<_, _>>()?;
+    let peers: Vec<SocketAddr> = args
+        .peer
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| crate::peer_cmd::resolve(p))
+        .collect::<Result<_, _>>()?;
     if peers.is_empty() {
         return Err(Failure::input("--peer needs at least one address"));
     }
     let metrics_addr = match &args.metrics {
-        Some(a) => Some(resolve(a).map_err(|_| Failure::input(format!("--metrics {a}: expected HOST:PORT")))?),
+        Some(a) => Some(
+            crate::peer_cmd::resolve(a).map_err(|_| Failure::input(format!("--metrics {a}: expected HOST:PORT")))?,
+        ),
         None => None,
     };
     let config = pool_config(args)?;
     let window = Duration::from_secs_f64(args.duration);
     let writer = args.events.as_deref().map(EventWriter::start).transpose()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))?;
+    let rt = crate::peer_cmd::runtime()?;
 
     let report = rt.block_on(async {
         if let Some(addr) = metrics_addr {

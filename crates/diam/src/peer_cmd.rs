@@ -13,8 +13,9 @@ use serde_json::json;
 
 use crate::{Failure, IdentityArgs, ProbeArgs, SendArgs, ServeArgs, TuningArgs};
 
-/// Resolves `--peer`.
-fn resolve(peer: &str) -> Result<SocketAddr, Failure> {
+/// Resolves one `--peer` address.
+pub(crate) fn resolve(peer: &str) -> Result<SocketAddr, Failure> {
+    let peer = peer.trim();
     if let Ok(a) = peer.parse() {
         return Ok(a);
     }
@@ -24,7 +25,7 @@ fn resolve(peer: &str) -> Result<SocketAddr, Failure> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,7 +33,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 /// The connection config from the common options.
-fn config(id: &IdentityArgs, tuning: &TuningArgs, apps_advertised: &[u32]) -> Result<ConnectionConfig, Failure> {
+pub(crate) fn config(
+    id: &IdentityArgs,
+    tuning: &TuningArgs,
+    apps_advertised: &[u32],
+) -> Result<ConnectionConfig, Failure> {
     let mut c = ConnectionConfig::new(id.origin_host.clone(), id.origin_realm.clone());
     c.peer.auth_application_ids = if apps_advertised.is_empty() { vec![apps::RELAY] } else { apps_advertised.to_vec() };
     c.peer.origin_state_id =
