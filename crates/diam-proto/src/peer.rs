@@ -120,12 +120,12 @@ impl PeerConfig {
 
     /// Every application advertised (auth, acct and vendor-specific).
     pub fn applications(&self) -> impl Iterator<Item = u32> + '_ {
-        self.auth_application_ids
-            .iter()
-            .chain(&self.acct_application_ids)
-            .copied()
-            .chain(self.vendor_specific_application_ids.iter().map(|v| v.application_id))
+        all_applications(&self.auth_application_ids, &self.acct_application_ids, &self.vendor_specific_application_ids)
     }
+}
+
+fn all_applications<'a>(auth: &'a [u32], acct: &'a [u32], vendor: &'a [VendorApp]) -> impl Iterator<Item = u32> + 'a {
+    auth.iter().chain(acct).copied().chain(vendor.iter().map(|v| v.application_id))
 }
 
 /// Whether `s` is a plausible DiameterIdentity: a non-empty FQDN of
@@ -198,11 +198,7 @@ impl PeerInfo {
 
     /// Every application the peer advertised.
     pub fn applications(&self) -> impl Iterator<Item = u32> + '_ {
-        self.auth_application_ids
-            .iter()
-            .chain(&self.acct_application_ids)
-            .copied()
-            .chain(self.vendor_specific_application_ids.iter().map(|v| v.application_id))
+        all_applications(&self.auth_application_ids, &self.acct_application_ids, &self.vendor_specific_application_ids)
     }
 }
 
