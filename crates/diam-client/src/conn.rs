@@ -238,18 +238,12 @@ impl Task {
         tokio::pin!(timer);
 
         let reason = loop {
-            while let Some(m) = self.peer.poll_transmit() {
-                self.count_sent(&m);
-                wbuf.extend_from_slice(m.as_bytes());
-            }
+            self.take_transmits(&mut wbuf);
             if let Some(reason) = self.process_events() {
                 break reason;
             }
             // Answers produced inline while processing events.
-            while let Some(m) = self.peer.poll_transmit() {
-                self.count_sent(&m);
-                wbuf.extend_from_slice(m.as_bytes());
-            }
+            self.take_transmits(&mut wbuf);
             if self.start_dpr_if_drained() {
                 continue;
             }
@@ -327,16 +321,21 @@ impl Task {
 
         // Flush what the protocol queued last (a DPA, a CEA with an error),
         // bounded by the write timeout, then close.
-        while let Some(m) = self.peer.poll_transmit() {
-            self.count_sent(&m);
-            wbuf.extend_from_slice(m.as_bytes());
-        }
+        self.take_transmits(&mut wbuf);
         if !wbuf.is_empty() && !matches!(reason, CloseReason::TransportClosed | CloseReason::WriteTimeout) {
             let _ = tokio::time::timeout(self.config.write_timeout, wr.write_all(&wbuf)).await;
         }
         let _ = tokio::time::timeout(self.config.write_timeout, wr.shutdown()).await;
         drop(stream);
         self.finish(reason);
+    }
+
+    /// Appends everything the protocol wants sent to the write buffer.
+    fn take_transmits(&mut self, wbuf: &mut BytesMut) {
+        while let Some(m) = self.peer.poll_transmit() {
+            self.count_sent(&m);
+            wbuf.extend_from_slice(m.as_bytes());
+        }
     }
 
     fn count_sent(&self, m: &Message) {
