@@ -359,3 +359,21 @@ async fn config_is_validated() {
     c.max_connections = 0;
     assert!(AddressClient::new(c).unwrap_err().is_invalid_config());
 }
+
+#[tokio::test(start_paused = true)]
+async fn lifetime_rotation_on_schedule() {
+    let peer = TestPeer::start(Duration::ZERO).await;
+    let mut c = config();
+    c.max_lifetime = Duration::from_secs(600);
+    let client = AddressClient::new(c).unwrap();
+    client.send(peer.addr, ccr(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(590)).await;
+    assert_eq!(client.stats().lifetime_expirations, 0);
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let s = client.stats();
+    assert_eq!(s.lifetime_expirations, 1, "{s:?}");
+    assert_eq!(s.connections_created, 2);
+    assert_eq!(client.active_connections(), 1, "the replacement took the old one's place");
+    assert_eq!(peer.connections.load(Ordering::SeqCst), 2);
+    assert!(client.send(peer.addr, ccr(2)).await.is_ok());
+}
