@@ -263,8 +263,27 @@ pub struct ConnectionSnapshot {
     pub age: Duration,
 }
 
+/// Handles of the per-request counters, resolved once (with a recorder
+/// installed, `counter!` by name is a registry lookup on every call).
+struct RequestMetrics {
+    requests: metrics::Counter,
+    answers: metrics::Counter,
+    timeouts: metrics::Counter,
+}
+
+impl RequestMetrics {
+    fn new() -> Self {
+        RequestMetrics {
+            requests: metrics::counter!("diam_client_requests_total"),
+            answers: metrics::counter!("diam_client_answers_total"),
+            timeouts: metrics::counter!("diam_client_timeouts_total"),
+        }
+    }
+}
+
 struct Inner {
     config: PoolConfig,
+    metrics: RequestMetrics,
     entries: Mutex<HashMap<SocketAddr, Arc<Entry>>>,
     counters: Counters,
     events: EventDispatcher,
@@ -320,7 +339,8 @@ fn count_metric(name: &'static str) {
 
 impl AddressClient {
     /// A pool with `config` (validated here). Must be called inside a
-    /// tokio runtime: it starts the health-check task.
+    /// tokio runtime: it starts the health-check task. Install a `metrics`
+    /// recorder before creating the pool for its counters to be exported.
     pub fn new(config: PoolConfig) -> Result<AddressClient, Error> {
         Self::with_events(config, EventDispatcher::new())
     }
@@ -332,6 +352,7 @@ impl AddressClient {
         config.backoff()?;
         let inner = Arc::new(Inner {
             config,
+            metrics: RequestMetrics::new(),
             entries: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             events,
@@ -374,12 +395,12 @@ impl AddressClient {
     ) -> Result<Message, Error> {
         let c = &self.inner.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
-        count_metric("diam_client_requests_total");
+        self.inner.metrics.requests.increment(1);
         let result = self.send_inner(addr, request, timeout).await;
         match &result {
             Ok(_) => {
                 c.answers.fetch_add(1, Ordering::Relaxed);
-                count_metric("diam_client_answers_total");
+                self.inner.metrics.answers.increment(1);
             }
             Err(e) => self.inner.count_error(e),
         }
@@ -417,7 +438,7 @@ impl AddressClient {
     pub fn send_no_wait(&self, addr: SocketAddr, request: Message) -> Result<(), Error> {
         let inner = &self.inner;
         inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-        count_metric("diam_client_requests_total");
+        inner.metrics.requests.increment(1);
         let submitted = inner.entry(addr).and_then(|entry| {
             let peer = entry.peer().ok_or(Error::NotAvailable(PeerState::Connecting))?;
             *lock(&entry.last_used) = Instant::now();
@@ -430,7 +451,7 @@ impl AddressClient {
                     match fut.await {
                         Ok(_) => {
                             pool.counters.answers.fetch_add(1, Ordering::Relaxed);
-                            count_metric("diam_client_answers_total");
+                            pool.metrics.answers.increment(1);
                         }
                         Err(e) => pool.count_error(&e),
                     }
@@ -602,7 +623,7 @@ impl Inner {
         let c = &self.counters;
         if matches!(e, Error::Timeout) {
             c.timeouts.fetch_add(1, Ordering::Relaxed);
-            count_metric("diam_client_timeouts_total");
+            self.metrics.timeouts.increment(1);
         } else {
             c.errors.fetch_add(1, Ordering::Relaxed);
         }
