@@ -14,6 +14,13 @@
 //! * [`events`]: typed lifecycle [`Event`](events::Event)s and an
 //!   [`EventDispatcher`](events::EventDispatcher) with ordered, isolated listeners, an
 //!   optional bounded executor, per-kind statistics and a broadcast stream.
+//! * [`health`]: a sans-IO [`HealthMonitor`](health::HealthMonitor) turning request
+//!   outcomes into Unknown / Healthy / Degraded / Unhealthy / Dead, with bounded history
+//!   and latency statistics.
+//! * [`breaker`]: a sans-IO [`CircuitBreaker`](breaker::CircuitBreaker) (closed, open,
+//!   half-open) whose open wait comes from a [`backoff`] strategy.
+//! * [`balance`]: the [`Balancer`](balance::Balancer) trait with round-robin,
+//!   least-recently-used, random, least-outstanding and efficiency-weighted strategies.
 //!
 //! # A custom protocol in twenty lines
 //!
@@ -78,9 +85,12 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod balance;
+pub mod breaker;
 mod client;
 mod error;
 pub mod events;
+pub mod health;
 mod remote;
 mod stream;
 
