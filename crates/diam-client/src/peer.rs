@@ -45,17 +45,11 @@ struct Inner {
     max_pending: usize,
 }
 
-/// A random-enough seed for identifiers and jitter, from the clock and a
-/// per-process counter (no RNG dependency needed for this).
+/// A seed for identifiers and jitter: diam-link's generator, seeded from
+/// per-instance hashing keys and the clock, so connections differ.
 pub(crate) fn seed() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut z = t ^ c.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id()).rotate_left(32);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    use diam_link::backoff::RandomSource;
+    diam_link::backoff::SplitMix64::from_entropy().next_u64()
 }
 
 pub(crate) fn unix_now() -> u64 {
