@@ -21,6 +21,9 @@
 //!   half-open) whose open wait comes from a [`backoff`] strategy.
 //! * [`balance`]: the [`Balancer`](balance::Balancer) trait with round-robin,
 //!   least-recently-used, random, least-outstanding and efficiency-weighted strategies.
+//! * [`failover`]: a sans-IO primary/secondary [`Failover`](failover::Failover) machine
+//!   (Primary, Secondary, FailingOver, FailingBack, Unavailable) with manual failover and
+//!   auto-failback after a stable period.
 //!
 //! # A custom protocol in twenty lines
 //!
@@ -90,6 +93,7 @@ pub mod breaker;
 mod client;
 mod error;
 pub mod events;
+pub mod failover;
 pub mod health;
 mod remote;
 mod stream;
