@@ -26,12 +26,31 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::{ConnectionConfig, Error, Handler, Response};
 
+/// How a request ended without an answer.
+#[derive(Debug)]
+pub(crate) struct Unanswered {
+    pub(crate) error: Error,
+    /// The End-to-End identifier the request carried, when it had reached the
+    /// connection's write path (so the peer may have received it); `None` when
+    /// it was never written.
+    pub(crate) written: Option<u32>,
+}
+
+impl Unanswered {
+    pub(crate) fn unsent(error: Error) -> Unanswered {
+        Unanswered { error, written: None }
+    }
+}
+
+/// What the connection task reports for one request.
+pub(crate) type Reply = Result<Message, Unanswered>;
+
 /// A caller's message to the connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
     Request {
         msg: Message,
-        reply: oneshot::Sender<Result<Message, Error>>,
+        reply: oneshot::Sender<Reply>,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
     },
@@ -166,8 +185,9 @@ impl Shared {
 }
 
 struct Pending {
-    reply: oneshot::Sender<Result<Message, Error>>,
+    reply: oneshot::Sender<Reply>,
     deadline: Instant,
+    end_to_end: u32,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -448,7 +468,7 @@ impl Task {
                     return;
                 }
                 if !self.peer.can_send() {
-                    let _ = reply.send(Err(Error::NotAvailable(self.peer.state())));
+                    let _ = reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.peer.state()))));
                     return;
                 }
                 let hbh = loop {
@@ -466,7 +486,7 @@ impl Task {
                 wbuf[start + 12..start + 16].copy_from_slice(&hbh.to_be_bytes());
                 wbuf[start + 16..start + 20].copy_from_slice(&e2e.to_be_bytes());
                 self.count_sent(&msg);
-                self.pending.insert(hbh, Pending { reply, deadline, _permit: permit });
+                self.pending.insert(hbh, Pending { reply, deadline, end_to_end: e2e, _permit: permit });
                 self.expiry.push(Reverse((deadline, hbh)));
                 if self.expiry.len() > 2 * self.pending.len() + 1024 {
                     // Answered entries linger in the heap until their
@@ -544,7 +564,7 @@ impl Task {
             if self.pending.get(&hbh).is_some_and(|p| p.deadline == t) {
                 if let Some(p) = self.pending.remove(&hbh) {
                     self.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                    let _ = p.reply.send(Err(Error::Timeout));
+                    let _ = p.reply.send(Err(Unanswered { error: Error::Timeout, written: Some(p.end_to_end) }));
                 }
             }
         }
@@ -560,14 +580,14 @@ impl Task {
                 CloseReason::LocalDisconnect { .. } => Error::Closed,
                 r => Error::ConnectionLost(r.clone()),
             };
-            let _ = p.reply.send(Err(err));
+            let _ = p.reply.send(Err(Unanswered { error: err, written: Some(p.end_to_end) }));
         }
         // Requests still queued in the channel.
         self.commands.close();
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
                 Command::Request { reply, .. } => {
-                    let _ = reply.send(Err(Error::from_close(&reason)));
+                    let _ = reply.send(Err(Unanswered::unsent(Error::from_close(&reason))));
                 }
                 Command::Close { done, .. } => {
                     let _ = done.send(());

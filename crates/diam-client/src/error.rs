@@ -58,9 +58,17 @@ pub enum Error {
     /// The message is not a request, or is too large.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
-    /// The pool is closed.
+    /// The pool, or the peer group, is closed.
     #[error("the client pool is closed")]
     PoolClosed,
+    /// No member of the peer group could take the request within its timeout
+    /// (none open, or all dead or behind an open circuit breaker).
+    #[error("no peer of the group is available")]
+    NoPeerAvailable,
+    /// The router has no group for the request's Destination-Realm (the
+    /// realm, when the request has one).
+    #[error("no route for Destination-Realm {}", .0.as_deref().unwrap_or("(none)"))]
+    NoRoute(Option<String>),
     /// The connection to this address is being re-established and the pool
     /// is set to fail fast meanwhile.
     #[error("reconnecting to the peer")]
@@ -99,6 +107,8 @@ impl Clone for Error {
             Error::Reconnecting => Error::Reconnecting,
             Error::PoolFull(n) => Error::PoolFull(*n),
             Error::Cancelled => Error::Cancelled,
+            Error::NoPeerAvailable => Error::NoPeerAvailable,
+            Error::NoRoute(r) => Error::NoRoute(r.clone()),
         }
     }
 }
@@ -122,7 +132,8 @@ impl Error {
     }
     /// A short stable name of the error's kind, for metrics and reports:
     /// `timeout`, `connection_lost`, `closed`, `handshake`, `connect`,
-    /// `overloaded`, `unavailable`, `invalid`, `pool_closed`, `cancelled`.
+    /// `overloaded`, `unavailable`, `invalid`, `pool_closed`, `cancelled`,
+    /// `no_peer`, `no_route`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             Error::Timeout => "timeout",
@@ -135,6 +146,8 @@ impl Error {
             Error::InvalidConfig(_) | Error::InvalidRequest(_) => "invalid",
             Error::PoolClosed => "pool_closed",
             Error::Cancelled => "cancelled",
+            Error::NoPeerAvailable => "no_peer",
+            Error::NoRoute(_) => "no_route",
         }
     }
     /// The connection failed under the request.

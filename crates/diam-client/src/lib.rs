@@ -21,17 +21,24 @@
 mod config;
 mod conn;
 mod error;
+mod group;
 mod handler;
 mod peer;
 mod pool;
+mod router;
 mod server;
 
 pub use config::ConnectionConfig;
 pub use conn::{ConnectionStats, FailureCallback, FailureInfo, Hooks};
 pub use error::Error;
+pub use group::{
+    FailoverStatistics, GroupConfig, GroupMember, GroupMode, GroupStats, MemberHealth, MemberReconnection, PeerGroup,
+    SendOptions,
+};
 pub use handler::{handler_fn, Handler, HandlerFuture, Response};
 pub use peer::Peer;
 pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolFailureCallback, PoolStats};
+pub use router::Router;
 pub use server::Server;
 
 pub use diam_proto::peer::{CloseReason, PeerInfo, PeerState};

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use crate::conn::{Command, Shared, Task};
+use crate::conn::{Command, Reply, Shared, Task, Unanswered};
 use crate::{ConnectionConfig, ConnectionStats, Error, Hooks};
 
 /// A connection to one Diameter peer.
@@ -142,13 +142,21 @@ impl Peer {
     /// Dropping the returned future cancels the request safely: its slot
     /// is released when the answer arrives or its deadline passes.
     pub async fn send_with_timeout(&self, request: Message, timeout: Duration) -> Result<Message, Error> {
-        let deadline = Instant::now() + timeout;
+        self.send_until(request, Instant::now() + timeout).await.map_err(|u| u.error)
+    }
+
+    /// Sends and waits for the answer until `deadline`, reporting whether an
+    /// unanswered request was written (for retransmission decisions).
+    pub(crate) async fn send_until(&self, request: Message, deadline: Instant) -> Reply {
         let permit = match tokio::time::timeout_at(deadline, self.inner.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(Error::Closed),
-            Err(_) => return Err(Error::Timeout),
+            Ok(Err(_)) => return Err(Unanswered::unsent(Error::Closed)),
+            Err(_) => return Err(Unanswered::unsent(Error::Timeout)),
         };
-        self.submit(request, deadline, permit)?.await
+        match self.submit(request, deadline, permit) {
+            Ok(reply) => reply.await,
+            Err(e) => Err(Unanswered::unsent(e)),
+        }
     }
 
     /// Sends without waiting for room: fails at once with
@@ -163,7 +171,8 @@ impl Peer {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(Error::Overloaded),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
         };
-        self.submit(request, Instant::now() + self.inner.request_timeout, permit)
+        let reply = self.submit(request, Instant::now() + self.inner.request_timeout, permit)?;
+        Ok(async move { reply.await.map_err(|u| u.error) })
     }
 
     fn submit(
@@ -171,7 +180,7 @@ impl Peer {
         request: Message,
         deadline: Instant,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<impl std::future::Future<Output = Result<Message, Error>> + Send + 'static, Error> {
+    ) -> Result<impl std::future::Future<Output = Reply> + Send + 'static, Error> {
         if !request.is_request() {
             return Err(Error::InvalidRequest("the message has no R flag"));
         }
@@ -187,7 +196,7 @@ impl Peer {
                 })
             }
         }
-        Ok(async move { rx.await.unwrap_or(Err(Error::Cancelled)) })
+        Ok(async move { rx.await.unwrap_or(Err(Unanswered::unsent(Error::Cancelled))) })
     }
 
     /// Closes gracefully: stops taking requests, waits for outstanding

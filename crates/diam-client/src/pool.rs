@@ -149,21 +149,23 @@ pub struct PoolFailure {
 pub type PoolFailureCallback = Arc<dyn Fn(&PoolFailure) + Send + Sync>;
 
 #[derive(Clone)]
-enum Slot {
+pub(crate) enum Slot {
     Connecting,
     Ready(Peer),
     Reconnecting,
     Failed(Error),
 }
 
-struct Entry {
+pub(crate) struct Entry {
     addr: SocketAddr,
     remote: Arc<Remote>,
     id: ConnectionId,
-    slot: watch::Sender<Slot>,
+    pub(crate) slot: watch::Sender<Slot>,
     created: Instant,
     opened: Mutex<Instant>,
-    last_used: Mutex<Instant>,
+    /// Microseconds from `created` to the last use (an atomic: every send
+    /// updates it).
+    last_used_us: AtomicU64,
     reconnects: AtomicU32,
     attempt: AtomicU32,
     last_error: Mutex<Option<String>>,
@@ -173,11 +175,35 @@ struct Entry {
 }
 
 impl Entry {
-    fn peer(&self) -> Option<Peer> {
+    pub(crate) fn peer(&self) -> Option<Peer> {
         match &*self.slot.borrow() {
             Slot::Ready(p) => Some(p.clone()),
             _ => None,
         }
+    }
+
+    /// The connection, when it is open for requests (watchdog OKAY, or a DWR
+    /// outstanding).
+    pub(crate) fn open_peer(&self) -> Option<Peer> {
+        match &*self.slot.borrow() {
+            Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection is open for requests.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(&*self.slot.borrow(), Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent))
+    }
+
+    /// Records a use now (for the idle timeout).
+    pub(crate) fn touch(&self) {
+        let us = u64::try_from(self.created.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_used_us.store(us, Ordering::Relaxed);
+    }
+
+    fn last_used(&self) -> Instant {
+        self.created + Duration::from_micros(self.last_used_us.load(Ordering::Relaxed))
     }
 }
 
@@ -393,30 +419,55 @@ impl AddressClient {
         request: Message,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        let c = &self.inner.counters;
-        c.requests.fetch_add(1, Ordering::Relaxed);
-        self.inner.metrics.requests.increment(1);
+        self.count_request();
         let result = self.send_inner(addr, request, timeout).await;
-        match &result {
+        self.count_outcome(&result);
+        result
+    }
+
+    /// Counts a request submitted (through the pool or a group on it).
+    pub(crate) fn count_request(&self) {
+        self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.requests.increment(1);
+    }
+
+    /// Counts how a request counted by [`count_request`](Self::count_request) ended.
+    pub(crate) fn count_outcome(&self, result: &Result<Message, Error>) {
+        match result {
             Ok(_) => {
-                c.answers.fetch_add(1, Ordering::Relaxed);
+                self.inner.counters.answers.fetch_add(1, Ordering::Relaxed);
                 self.inner.metrics.answers.increment(1);
             }
             Err(e) => self.inner.count_error(e),
         }
-        result
+    }
+
+    /// The entry for `addr`, created (and its dial started) when there is none.
+    pub(crate) fn entry_for(&self, addr: SocketAddr) -> Result<Arc<Entry>, Error> {
+        self.inner.entry(addr)
+    }
+
+    /// The pool's settings.
+    pub(crate) fn config(&self) -> &PoolConfig {
+        &self.inner.config
+    }
+
+    /// Emits a lifecycle event on the pool's dispatcher.
+    pub(crate) fn emit(&self, id: ConnectionId, remote: Option<Arc<Remote>>, data: EventData) {
+        self.inner.emit(id, remote, data);
+    }
+
+    /// Whether [`close`](Self::close) has been called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     async fn send_inner(&self, addr: SocketAddr, request: Message, timeout: Duration) -> Result<Message, Error> {
         // Fast path: an open connection, no waiting, no timer.
         if let Ok(entry) = self.inner.entry(addr) {
-            let ready = match &*entry.slot.borrow() {
-                Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent) => Some(p.clone()),
-                _ => None,
-            };
-            if let Some(peer) = ready {
+            if let Some(peer) = entry.open_peer() {
                 if !self.inner.events.has_listeners(EventKind::ConnectionAcquired) {
-                    *lock(&entry.last_used) = Instant::now();
+                    entry.touch();
                     return peer.send_with_timeout(request, timeout).await;
                 }
             }
@@ -441,7 +492,7 @@ impl AddressClient {
         inner.metrics.requests.increment(1);
         let submitted = inner.entry(addr).and_then(|entry| {
             let peer = entry.peer().ok_or(Error::NotAvailable(PeerState::Connecting))?;
-            *lock(&entry.last_used) = Instant::now();
+            entry.touch();
             peer.try_send(request)
         });
         match submitted {
@@ -474,7 +525,7 @@ impl AddressClient {
             let slot = rx.borrow_and_update().clone();
             match slot {
                 Slot::Ready(peer) if matches!(peer.state(), PeerState::Open | PeerState::DwrSent) => {
-                    *lock(&entry.last_used) = Instant::now();
+                    entry.touch();
                     if self.inner.events.has_listeners(EventKind::ConnectionAcquired) {
                         self.inner.emit(
                             entry.id,
@@ -652,7 +703,7 @@ impl Inner {
             slot: watch::channel(Slot::Connecting).0,
             created: now,
             opened: Mutex::new(now),
-            last_used: Mutex::new(now),
+            last_used_us: AtomicU64::new(0),
             reconnects: AtomicU32::new(0),
             attempt: AtomicU32::new(0),
             last_error: Mutex::new(None),
@@ -891,7 +942,7 @@ async fn sweep(pool: &Arc<Inner>) {
             }
             continue;
         }
-        let idle = *lock(&entry.last_used);
+        let idle = entry.last_used();
         if !pool.config.idle_timeout.is_zero()
             && now.duration_since(idle) >= pool.config.idle_timeout
             && peer.in_flight() == 0

@@ -1,103 +1,18 @@
 //! The address-keyed pool against real sockets on 127.0.0.1.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+mod common;
+
+use common::TestPeer;
 use diam_client::{AddressClient, Error, PoolConfig, PoolFailure};
 use diam_link::events::{EventData, EventKind};
-use diam_proto::{avps, FrameDecoder, Message};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use diam_proto::{avps, Message};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-
-/// A minimal Diameter server whose connections can be killed abruptly and
-/// which can come back on the same port.
-struct TestPeer {
-    addr: SocketAddr,
-    tasks: JoinSet<()>,
-    connections: Arc<AtomicUsize>,
-    delay: Duration,
-}
-
-impl TestPeer {
-    async fn start(delay: Duration) -> TestPeer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut p = TestPeer { addr, tasks: JoinSet::new(), connections: Arc::new(AtomicUsize::new(0)), delay };
-        p.serve(listener);
-        p
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        let connections = self.connections.clone();
-        let delay = self.delay;
-        self.tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
-                connections.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(serve_conn(sock, delay));
-            }
-        });
-    }
-
-    /// Drops the listener and every connection at once (like SIGKILL).
-    async fn kill(&mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-    }
-
-    async fn restart(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(listener);
-    }
-}
-
-async fn serve_conn(mut sock: tokio::net::TcpStream, delay: Duration) {
-    let mut buf = BytesMut::new();
-    let mut dec = FrameDecoder::new();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
-    loop {
-        tokio::select! {
-            r = sock.read_buf(&mut buf) => {
-                if !matches!(r, Ok(n) if n > 0) {
-                    return;
-                }
-                while let Ok(Some(m)) = dec.decode(&mut buf) {
-                    if !m.is_request() {
-                        continue;
-                    }
-                    let mut b = Message::answer_to(&m)
-                        .avp(avps::RESULT_CODE, 2001u32)
-                        .avp(avps::ORIGIN_HOST, "peer.test")
-                        .avp(avps::ORIGIN_REALM, "test");
-                    if m.command_code() == 257 {
-                        b = b.avp(avps::AUTH_APPLICATION_ID, 4u32);
-                    }
-                    let ans = b.build();
-                    if m.command_code() == 272 && !delay.is_zero() {
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            let _ = tx.send(ans);
-                        });
-                    } else if sock.write_all(ans.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Some(ans) = rx.recv() => {
-                if sock.write_all(ans.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
 
 fn config() -> PoolConfig {
     let mut c = PoolConfig::new("client.test", "test");

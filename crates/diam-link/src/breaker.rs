@@ -360,6 +360,15 @@ impl<B: Backoff> CircuitBreaker<B> {
         }
     }
 
+    /// A request allowed earlier ended without an outcome (its caller gave up on it, or
+    /// it was never sent). While half-open this frees the probe it reserved, so another
+    /// request can probe; otherwise it changes nothing.
+    pub fn on_abandoned(&mut self) {
+        if let Inner::HalfOpen { in_flight, .. } = &mut self.state {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
+
     /// Opens the breaker now, whatever its state (e.g. the connection to the peer was lost).
     pub fn trip(&mut self, now: Instant) {
         if !matches!(self.state, Inner::Open { .. }) {

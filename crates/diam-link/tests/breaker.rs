@@ -311,3 +311,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_abandoned_probe_frees_its_slot() {
+    let t0 = Instant::now();
+    let mut b = breaker(BreakerConfig::default().consecutive_failures(1), Constant::new(S));
+    b.on_failure(t0);
+    assert!(b.allow(t0 + S), "the probe");
+    assert!(!b.allow(t0 + S), "only one probe at a time");
+    b.on_abandoned();
+    assert_eq!(b.state(), HalfOpen);
+    assert!(b.allow(t0 + S), "the slot is free again");
+    b.on_success(t0 + S);
+    assert_eq!(b.state(), Closed);
+    // Nothing to free while closed.
+    b.on_abandoned();
+    assert_eq!(b.state(), Closed);
+}

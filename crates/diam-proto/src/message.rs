@@ -305,6 +305,20 @@ impl Message {
         let header = Header { hop_by_hop, end_to_end, ..self.header };
         Message { header, buf: buf.freeze() }
     }
+
+    /// Returns a copy for retransmission to another peer after a transport failure
+    /// (RFC 6733 §5.5.4): the T flag set, the same End-to-End identifier `end_to_end`
+    /// (the one the first attempt carried), and a zero Hop-by-Hop identifier for the
+    /// next connection to assign. Only the header bytes change.
+    pub fn retransmission(&self, end_to_end: u32) -> Message {
+        let flags = self.header.flags.with(CommandFlags::RETRANSMIT, true);
+        let mut buf = BytesMut::from(&self.buf[..]);
+        buf[4] = flags.bits();
+        buf[12..16].copy_from_slice(&[0; 4]);
+        buf[16..20].copy_from_slice(&end_to_end.to_be_bytes());
+        let header = Header { flags, hop_by_hop: 0, end_to_end, ..self.header };
+        Message { header, buf: buf.freeze() }
+    }
 }
 
 impl std::fmt::Debug for Message {

@@ -105,3 +105,27 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// A retransmission copy differs from the original only in the T flag and the
+    /// identifiers, and decodes to exactly what its header claims.
+    #[test]
+    fn retransmission_patches_only_the_header(
+        flags in any::<u8>(), hbh in any::<u32>(), e2e in any::<u32>(), new_e2e in any::<u32>(),
+        avps in proptest::collection::vec(leaf(), 0..8),
+    ) {
+        let original = MessageBuilder::new(CommandFlags::from_bits(flags | CommandFlags::REQUEST), 272, 4)
+            .hop_by_hop(hbh)
+            .end_to_end(e2e)
+            .with_avps(|g| avps.iter().for_each(|n| write(g, n)))
+            .build();
+        let copy = original.retransmission(new_e2e);
+        prop_assert!(copy.flags().is_retransmit());
+        prop_assert_eq!(copy.flags().bits(), original.flags().bits() | CommandFlags::RETRANSMIT);
+        prop_assert_eq!((copy.hop_by_hop(), copy.end_to_end()), (0, new_e2e));
+        prop_assert_eq!(&copy.as_bytes()[20..], &original.as_bytes()[20..]);
+        prop_assert_eq!(&copy.as_bytes()[..4], &original.as_bytes()[..4]);
+        let decoded = Message::decode(copy.to_bytes()).expect("decodes");
+        prop_assert_eq!(decoded.header(), copy.header());
+    }
+}
