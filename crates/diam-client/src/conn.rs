@@ -48,16 +48,8 @@ pub(crate) type Reply = Result<Message, Unanswered>;
 /// A caller's message to the connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Request {
-        msg: Message,
-        reply: oneshot::Sender<Reply>,
-        deadline: Instant,
-        permit: OwnedSemaphorePermit,
-    },
-    Close {
-        cause: i32,
-        done: oneshot::Sender<()>,
-    },
+    Request { msg: Message, reply: oneshot::Sender<Reply>, deadline: Instant, permit: OwnedSemaphorePermit },
+    Close { cause: i32, done: oneshot::Sender<()> },
 }
 
 /// What an `on_failure` callback learns about a failed connection.

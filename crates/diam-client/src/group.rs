@@ -329,10 +329,20 @@ struct MemberState {
 }
 
 impl MemberState {
+    /// Whether the member can carry traffic: open, not dead, breaker not
+    /// waiting out an open period (half-open counts: it is being probed).
     fn usable(&self, now: Instant) -> bool {
-        self.entry.as_ref().is_some_and(|e| e.is_open())
-            && self.health.status() != HealthStatus::Dead
-            && self.breaker.is_available(now.into_std())
+        let breaker_up = match self.breaker.state() {
+            BreakerState::Open => self.breaker.poll_timeout().is_some_and(|until| now.into_std() >= until),
+            _ => true,
+        };
+        breaker_up && self.health.status() != HealthStatus::Dead && self.entry.as_ref().is_some_and(|e| e.is_open())
+    }
+
+    /// Whether a request may go to the member now: usable, and the breaker
+    /// has room (a half-open breaker lets only its probes through).
+    fn pickable(&self, now: Instant) -> bool {
+        self.usable(now) && self.breaker.is_available(now.into_std())
     }
 }
 
@@ -412,7 +422,7 @@ impl Drop for GroupInner {
 /// let mut pool = PoolConfig::new("client.example.com", "example.com");
 /// pool.connection.peer.auth_application_ids = vec![4];
 /// let client = AddressClient::new(pool)?;
-/// let peers = ["127.0.0.1:3868".parse().unwrap(), "127.0.0.1:3869".parse().unwrap()];
+/// let peers: [std::net::SocketAddr; 2] = ["127.0.0.1:3868".parse().unwrap(), "127.0.0.1:3869".parse().unwrap()];
 /// let group = PeerGroup::new(&client, peers, GroupConfig::balance(Strategy::LeastOutstanding))?;
 /// let ccr = Message::request(4, 272).proxiable(true).avp(avps::SESSION_ID, "client.example.com;1;1").build();
 /// let cca = group.send(ccr).await?; // whichever peer answered
@@ -490,9 +500,7 @@ impl PeerGroup {
             }
         }
         if config.breaker_open_min.is_zero() || config.breaker_open_min > config.breaker_open_max {
-            return Err(Error::InvalidConfig(
-                "breaker_open_min must be positive and at most breaker_open_max".into(),
-            ));
+            return Err(Error::InvalidConfig("breaker_open_min must be positive and at most breaker_open_max".into()));
         }
         let invalid = |what: &str, e: diam_link::ConfigError| Error::InvalidConfig(format!("{what}: {e}"));
         let mut states = Vec::with_capacity(members.len());
@@ -669,7 +677,14 @@ impl PeerGroup {
         let (state, active, failovers, manual, failbacks, unavailable) = match &st.failover {
             Some(f) => {
                 let s = f.stats();
-                (Some(s.state), s.active.map(|i| g.members[i].addr), s.failovers, s.manual_failovers, s.failbacks, s.unavailable)
+                (
+                    Some(s.state),
+                    s.active.map(|i| g.members[i].addr),
+                    s.failovers,
+                    s.manual_failovers,
+                    s.failbacks,
+                    s.unavailable,
+                )
             }
             None => (None, None, st.balance_failovers, 0, 0, st.balance_unavailable),
         };
@@ -803,16 +818,19 @@ impl GroupInner {
                     }
                     f.handle_timeout(std_now);
                     drain_failover(f, &mut out);
+                    // The active member; another usable one when it is
+                    // excluded or its half-open breaker is busy probing.
+                    let ok = |i: usize| Some(i) != exclude && st.members[i].pickable(now);
                     match f.active() {
-                        Some(a) if Some(a) != exclude => Some(a),
-                        _ => (0..st.members.len()).find(|&i| Some(i) != exclude && f.is_available(i)),
+                        Some(a) if ok(a) => Some(a),
+                        _ => (0..st.members.len()).find(|&i| ok(i)),
                     }
                 }
                 None => {
                     st.candidates.clear();
                     for (i, (m, s)) in self.members.iter().zip(&st.members).enumerate() {
                         let mut c = Candidate::new(i)
-                            .available(Some(i) != exclude && s.usable(now))
+                            .available(Some(i) != exclude && s.pickable(now))
                             .in_flight(m.in_flight.load(Ordering::Relaxed))
                             .weight(m.weight);
                         if st.weighted {
@@ -964,9 +982,7 @@ impl GroupInner {
                 s.losses += 1;
                 s.breaker.trip(std_now);
                 change = s.health.record_failure(ErrorCategory::Reset, std_now);
-                if st.failover.is_none()
-                    && st.members.iter().enumerate().any(|(i, m)| i != member && m.usable(now))
-                {
+                if st.failover.is_none() && st.members.iter().enumerate().any(|(i, m)| i != member && m.usable(now)) {
                     st.balance_failovers += 1;
                 }
             } else if let Slot::Failed(e) = slot.clone() {

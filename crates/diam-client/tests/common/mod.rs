@@ -17,29 +17,30 @@ use tokio::task::JoinSet;
 
 /// What the server saw and how it answers (shared across restarts).
 #[derive(Debug, Default)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Application requests (command 272) received.
-    pub requests: AtomicUsize,
+    pub(crate) requests: AtomicUsize,
     /// Of those, the ones with the T flag.
-    pub retransmits: AtomicUsize,
-    /// (End-to-End id, T flag) of every application request, in arrival order.
-    pub ids: Mutex<Vec<(u32, bool)>>,
+    pub(crate) retransmits: AtomicUsize,
+    /// (End-to-End id, T flag, CC-Request-Number) of every application
+    /// request, in arrival order.
+    pub(crate) ids: Mutex<Vec<(u32, bool, Option<u32>)>>,
     /// Result-Code of application answers; 0 means 2001.
-    pub result_code: AtomicU32,
+    pub(crate) result_code: AtomicU32,
 }
 
-pub struct TestPeer {
-    pub addr: SocketAddr,
+pub(crate) struct TestPeer {
+    pub(crate) addr: SocketAddr,
     tasks: JoinSet<()>,
-    pub connections: Arc<AtomicUsize>,
-    pub seen: Arc<Seen>,
+    pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) seen: Arc<Seen>,
     delay: Duration,
 }
 
 impl TestPeer {
     /// A server on 127.0.0.1 answering application requests after `delay`
     /// (base protocol requests at once).
-    pub async fn start(delay: Duration) -> TestPeer {
+    pub(crate) async fn start(delay: Duration) -> TestPeer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut p = TestPeer {
@@ -67,26 +68,26 @@ impl TestPeer {
     }
 
     /// Drops the listener and every connection at once (like SIGKILL).
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
 
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.serve(listener);
     }
 
-    pub fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
     }
 
-    pub fn retransmits(&self) -> usize {
+    pub(crate) fn retransmits(&self) -> usize {
         self.seen.retransmits.load(Ordering::SeqCst)
     }
 
     /// Answer application requests with `rc` from now on.
-    pub fn answer_with(&self, rc: u32) {
+    pub(crate) fn answer_with(&self, rc: u32) {
         self.seen.result_code.store(rc, Ordering::SeqCst);
     }
 }
@@ -117,7 +118,8 @@ async fn serve_conn(mut sock: tokio::net::TcpStream, delay: Duration, seen: Arc<
                         if t {
                             seen.retransmits.fetch_add(1, Ordering::SeqCst);
                         }
-                        seen.ids.lock().unwrap().push((m.end_to_end(), t));
+                        let n = m.get(avps::CC_REQUEST_NUMBER).ok().flatten();
+                        seen.ids.lock().unwrap().push((m.end_to_end(), t, n));
                     }
                     let mut b = Message::answer_to(&m)
                         .error(rc / 1000 == 3)
