@@ -34,12 +34,12 @@
 //!
 //! A retransmitted request may already have been processed by the peer that
 //! failed (it can die after acting on the request, before its answer arrives).
-//! So retryable requests are delivered *at least once*; the T flag and the
-//! unchanged End-to-End identifier (with Origin-Host) let the server side detect
-//! the duplicate (RFC 6733 §5.5.4, §6.1.?). Requests that are not retryable are
-//! delivered *at most once*: they fail instead. Mark as retryable only requests
-//! whose duplicates the servers handle (Credit-Control does, through
-//! CC-Request-Number; RFC 4006 §5.1).
+//! So retryable requests are delivered *at least once*: the T flag and the
+//! unchanged End-to-End identifier, with Origin-Host, are what lets the server
+//! side detect the duplicate (RFC 6733 §3). Requests that are not retryable
+//! are delivered *at most once*: they fail instead. Mark as retryable only
+//! requests whose duplicates the servers handle (Credit-Control servers do, by
+//! Session-Id and CC-Request-Number; RFC 4006 §5.5).
 //!
 //! Every request ends with an answer or a typed error by its deadline; a
 //! retransmission uses what is left of the original timeout.
@@ -398,6 +398,8 @@ struct GroupInner {
     closed: AtomicBool,
     id: ConnectionId,
     counters: GroupCounters,
+    /// `diam_group_retransmissions_total` and `diam_group_reroutes_total`.
+    metrics: (metrics::Counter, metrics::Counter),
 }
 
 impl Drop for GroupInner {
@@ -559,6 +561,10 @@ impl PeerGroup {
             closed: AtomicBool::new(false),
             id: ConnectionId::unique(),
             counters: GroupCounters::default(),
+            metrics: (
+                metrics::counter!("diam_group_retransmissions_total"),
+                metrics::counter!("diam_group_reroutes_total"),
+            ),
         });
         for i in 0..inner.members.len() {
             tokio::spawn(watch_member(Arc::downgrade(&inner), i, inner.shutdown.subscribe()));
@@ -754,6 +760,7 @@ impl GroupInner {
                     rerouted = true;
                     exclude = Some(member);
                     self.counters.reroutes.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.1.increment(1);
                 }
                 Err(Unanswered { error: Error::ConnectionLost(reason), written: Some(e2e) })
                     if retryable && self.config.retransmit && !retransmitted && self.members.len() > 1 =>
@@ -763,6 +770,7 @@ impl GroupInner {
                     retransmitted = true;
                     exclude = Some(member);
                     self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.0.increment(1);
                 }
                 Err(u) => return Err(u.error),
             }
@@ -945,8 +953,10 @@ impl GroupInner {
             f.handle_timeout(std_now);
             drain_failover(f, out);
         }
-        if st.any_usable && !usable && st.failover.is_none() {
-            st.balance_unavailable += 1;
+        if st.any_usable && !usable && !self.closed.load(Ordering::Acquire) && !self.client.is_closed() {
+            if st.failover.is_none() {
+                st.balance_unavailable += 1;
+            }
             tracing::warn!(group = self.id.get(), "no member of the peer group is usable");
         }
         st.any_usable = usable;

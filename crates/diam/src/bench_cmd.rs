@@ -1,8 +1,14 @@
 //! `diam bench`: the standard workload (Credit-Control-Request, application
-//! 4, command 272) through one [`AddressClient`].
+//! 4, command 272) through a [`PeerGroup`] on one [`AddressClient`].
 //!
+//! * The group spreads requests over the `--peer` list by `--strategy`
+//!   (default round-robin), or with `--failover` sends them to the first
+//!   peer and fails over to the next ones. When a connection fails,
+//!   retryable requests (a `--retryable` fraction of them, all by default,
+//!   with the P flag) are retransmitted to another peer with the T flag;
+//!   the others fail with `connection_lost`.
 //! * Closed loop (default): `--inflight` worker tasks, each sending back to
-//!   back; with several peers, requests go round-robin across them.
+//!   back.
 //! * Open loop (`--rate N`): requests are due at fixed intended times
 //!   (`start + k / N`); at most `--inflight` are outstanding, so when the
 //!   peer falls behind later requests go out late. Latency is measured from
@@ -10,9 +16,11 @@
 //!   omission).
 //!
 //! Every request is counted exactly once, when it completes, as an answer
-//! (whatever its Result-Code), an error (by [`Error::kind_name`]) or a
-//! timeout; the run waits for every outstanding request (each ends by its
-//! timeout), so `requests == answers + errors + timeouts` always holds.
+//! (whatever its Result-Code), an error (by [`Error::kind_name`], and by
+//! whether the request was retryable) or a timeout; a retransmitted request
+//! is still one request. The run waits for every outstanding request (each
+//! ends by its timeout), so `requests == answers + errors + timeouts` always
+//! holds.
 //!
 //! `--events FILE`: a listener on the pool's event dispatcher clones each
 //! lifecycle event (cheap, no allocation) into a bounded channel; a writer
@@ -28,8 +36,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use diam_client::{AddressClient, Error, PoolConfig, PoolFailure};
+use diam_client::{AddressClient, Error, GroupConfig, PeerGroup, PoolConfig, PoolFailure};
+use diam_link::breaker::BreakerEvent;
 use diam_link::events::{DisconnectReason, Event, EventData, EventKind, Subscription};
+use diam_link::failover::{FailoverConfig, FailoverEvent};
+use diam_link::health::HealthChange;
 use diam_proto::peer::result_code;
 use diam_proto::{apps, avps, commands, Message};
 use hdrhistogram::Histogram;
@@ -76,6 +87,9 @@ struct Tally {
     answers: u64,
     timeouts: u64,
     errors: BTreeMap<&'static str, u64>,
+    /// Errors of requests that were retryable, and of those that were not.
+    errors_retryable: u64,
+    errors_non_retryable: u64,
     /// Answers by Result-Code (`None`: the answer had none).
     result_codes: BTreeMap<Option<u32>, u64>,
 }
@@ -87,6 +101,8 @@ impl Tally {
             answers: 0,
             timeouts: 0,
             errors: BTreeMap::new(),
+            errors_retryable: 0,
+            errors_non_retryable: 0,
             result_codes: BTreeMap::new(),
         }
     }
@@ -99,7 +115,7 @@ impl Tally {
         self.answers + self.timeouts + self.errors_total()
     }
 
-    fn record(&mut self, outcome: &Result<Message, Error>, latency: Duration) {
+    fn record(&mut self, outcome: &Result<Message, Error>, retryable: bool, latency: Duration) {
         match outcome {
             Ok(answer) => {
                 self.answers += 1;
@@ -108,7 +124,14 @@ impl Tally {
                 self.hist.saturating_record(us.max(1));
             }
             Err(Error::Timeout) => self.timeouts += 1,
-            Err(e) => *self.errors.entry(e.kind_name()).or_default() += 1,
+            Err(e) => {
+                *self.errors.entry(e.kind_name()).or_default() += 1;
+                if retryable {
+                    self.errors_retryable += 1;
+                } else {
+                    self.errors_non_retryable += 1;
+                }
+            }
         }
     }
 
@@ -119,6 +142,8 @@ impl Tally {
         other.hist.reset();
         self.answers += std::mem::take(&mut other.answers);
         self.timeouts += std::mem::take(&mut other.timeouts);
+        self.errors_retryable += std::mem::take(&mut other.errors_retryable);
+        self.errors_non_retryable += std::mem::take(&mut other.errors_non_retryable);
         for (k, v) in std::mem::take(&mut other.errors) {
             *self.errors.entry(k).or_default() += v;
         }
@@ -151,26 +176,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// What every sender shares.
 struct Ctx {
-    client: AddressClient,
-    peers: Vec<SocketAddr>,
+    group: PeerGroup,
+    /// Fraction of requests sent retryable (P flag set).
+    retryable: f64,
     origin_host: String,
     origin_realm: String,
     destination_realm: String,
     /// Makes Session-Ids unique across runs.
     boot: u64,
-    /// Requests started (also the round-robin position and Session-Id suffix).
+    /// Requests started (also the Session-Id suffix).
     next: AtomicU64,
     tally: Mutex<Tally>,
     stop: AtomicBool,
 }
 
 impl Ctx {
-    /// The next request and the peer it goes to.
-    fn next_request(&self) -> (SocketAddr, Message) {
+    /// The next request and whether it is retryable: request `n` is when
+    /// `floor((n + 1) × F)` exceeds `floor(n × F)`, which spreads exactly
+    /// the `--retryable` fraction F evenly.
+    fn next_request(&self) -> (Message, bool) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let peer = self.peers[(n % self.peers.len() as u64) as usize];
+        let f = self.retryable;
+        let retryable = f >= 1.0 || ((n + 1) as f64 * f).floor() > (n as f64 * f).floor();
         let ccr = Message::request(apps::CREDIT_CONTROL, commands::CREDIT_CONTROL)
-            .proxiable(true)
+            .proxiable(retryable)
             .avp(avps::SESSION_ID, format!("{};{};{n}", self.origin_host, self.boot))
             .avp(avps::ORIGIN_HOST, self.origin_host.as_str())
             .avp(avps::ORIGIN_REALM, self.origin_realm.as_str())
@@ -179,7 +208,12 @@ impl Ctx {
             .avp(avps::CC_REQUEST_TYPE, 1i32) // INITIAL_REQUEST
             .avp(avps::CC_REQUEST_NUMBER, 0u32)
             .build();
-        (peer, ccr)
+        (ccr, retryable)
+    }
+
+    /// Sends one request through the group (retryable when it has the P flag).
+    async fn send(&self, ccr: Message) -> Result<Message, Error> {
+        self.group.send(ccr).await
     }
 }
 
@@ -197,11 +231,11 @@ async fn closed_worker(ctx: Arc<Ctx>) {
     let mut local = Tally::new();
     let mut flushed = Instant::now();
     while !ctx.stop.load(Ordering::Relaxed) {
-        let (peer, ccr) = ctx.next_request();
+        let (ccr, retryable) = ctx.next_request();
         let started = Instant::now();
-        let outcome = ctx.client.send(peer, ccr).await;
+        let outcome = ctx.send(ccr).await;
         let latency = started.elapsed();
-        local.record(&outcome, latency);
+        local.record(&outcome, retryable, latency);
         pace_fast_error(&outcome, latency).await;
         if flushed.elapsed() >= Duration::from_millis(100) {
             lock(&ctx.tally).absorb(&mut local);
@@ -245,9 +279,9 @@ async fn open_loop(ctx: Arc<Ctx>, rate: f64, inflight: usize, window: Duration) 
         // when the timer let it go early.
         let origin = intended.min(Instant::now());
         tokio::spawn(async move {
-            let (peer, ccr) = ctx.next_request();
-            let outcome = ctx.client.send(peer, ccr).await;
-            lock(&ctx.tally).record(&outcome, origin.elapsed());
+            let (ccr, retryable) = ctx.next_request();
+            let outcome = ctx.send(ccr).await;
+            lock(&ctx.tally).record(&outcome, retryable, origin.elapsed());
             drop(permit);
         });
     }
@@ -273,8 +307,9 @@ fn link_error_text(e: &diam_link::Error) -> String {
     }
 }
 
-/// One `--events` line.
-fn event_json(ev: &Event) -> Value {
+/// One `--events` line; `peers` names the members that failover events
+/// refer to by index.
+fn event_json(ev: &Event, peers: &[SocketAddr]) -> Value {
     let mut m = Map::new();
     m.insert("ts_us".into(), json!(unix_us(ev.timestamp())));
     m.insert("event".into(), json!(ev.kind().as_str()));
@@ -308,7 +343,23 @@ fn event_json(ev: &Event) -> Value {
         }
         EventData::Custom(c) => {
             m.insert("name".into(), json!(c.name()));
-            m.insert("value".into(), json!(format!("{c:?}")));
+            if let Some(h) = c.downcast_ref::<HealthChange>() {
+                m.insert("from".into(), json!(h.from().as_str()));
+                m.insert("to".into(), json!(h.to().as_str()));
+                m.insert("reason".into(), json!(format!("{:?}", h.cause())));
+            } else if let Some(b) = c.downcast_ref::<BreakerEvent>() {
+                m.insert("from".into(), json!(b.from().as_str()));
+                m.insert("to".into(), json!(b.to().as_str()));
+                m.insert("reason".into(), json!(format!("{:?}", b.reason())));
+            } else if let Some(f) = c.downcast_ref::<FailoverEvent>() {
+                m.insert("from".into(), json!(f.from().as_str()));
+                m.insert("to".into(), json!(f.to().as_str()));
+                m.insert("reason".into(), json!(format!("{:?}", f.reason())));
+                let active = f.active().and_then(|i| peers.get(i)).map(ToString::to_string);
+                m.insert("peer".into(), json!(active));
+            } else {
+                m.insert("value".into(), json!(format!("{c:?}")));
+            }
         }
         _ => {}
     }
@@ -355,14 +406,14 @@ impl EventLog {
 }
 
 /// Appends event lines to `file`, flushing whenever the queue runs dry.
-fn writer_thread(file: std::fs::File, rx: Receiver<WriterMsg>) -> std::io::Result<()> {
+fn writer_thread(file: std::fs::File, rx: Receiver<WriterMsg>, peers: &[SocketAddr]) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(file);
     while let Ok(msg) = rx.recv() {
         let mut next = Some(msg);
         while let Some(msg) = next.take() {
             match msg {
                 WriterMsg::Event(ev) => {
-                    serde_json::to_writer(&mut out, &event_json(&ev))?;
+                    serde_json::to_writer(&mut out, &event_json(&ev, peers))?;
                     out.write_all(b"\n")?;
                 }
                 WriterMsg::Stop => return out.flush(),
@@ -381,7 +432,7 @@ struct EventWriter {
 }
 
 impl EventWriter {
-    fn start(path: &Path) -> Result<EventWriter, Failure> {
+    fn start(path: &Path, peers: Vec<SocketAddr>) -> Result<EventWriter, Failure> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -390,7 +441,7 @@ impl EventWriter {
         let (tx, rx) = sync_channel(EVENT_QUEUE);
         let thread = std::thread::Builder::new()
             .name("diam-bench-events".into())
-            .spawn(move || writer_thread(file, rx))
+            .spawn(move || writer_thread(file, rx, &peers))
             .map_err(|e| Failure::failed(format!("starting the event writer: {e}")))?;
         Ok(EventWriter { tx, thread })
     }
@@ -422,6 +473,24 @@ fn pool_config(args: &BenchArgs) -> Result<PoolConfig, Failure> {
     p.max_reconnect_attempts = u32::MAX;
     p.validate().map_err(|e| Failure::input(e.to_string()))?;
     Ok(p)
+}
+
+/// The group configuration: `--strategy` or `--failover`; breakers open for
+/// 1 s growing to 5 s and DWR checks every second, so a restarted peer
+/// rejoins within about a second of accepting connections again.
+fn group_config(args: &BenchArgs) -> Result<GroupConfig, Failure> {
+    let mut g = if args.failover {
+        if args.failback_ms == 0 {
+            return Err(Failure::input("--failback-ms must be positive"));
+        }
+        GroupConfig::failover(FailoverConfig::default().failback_after(Duration::from_millis(args.failback_ms)))
+    } else {
+        GroupConfig::balance(args.strategy)
+    };
+    g.breaker_open_min = Duration::from_secs(1);
+    g.breaker_open_max = Duration::from_secs(5);
+    g.check_interval = Duration::from_secs(1);
+    Ok(g)
 }
 
 // ---------------------------------------------------------------------------
@@ -489,9 +558,13 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         ),
         None => None,
     };
+    if !(0.0..=1.0).contains(&args.retryable) {
+        return Err(Failure::input("--retryable must be a fraction between 0 and 1"));
+    }
     let config = pool_config(args)?;
+    let group_config = group_config(args)?;
     let window = Duration::from_secs_f64(args.duration);
-    let writer = args.events.as_deref().map(EventWriter::start).transpose()?;
+    let writer = args.events.as_deref().map(|p| EventWriter::start(p, peers.clone())).transpose()?;
     let rt = crate::peer_cmd::runtime()?;
 
     let report = rt.block_on(async {
@@ -526,9 +599,11 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             }
         });
 
+        let group =
+            PeerGroup::new(&client, peers.iter().copied(), group_config).map_err(|e| Failure::input(e.to_string()))?;
         let ctx = Arc::new(Ctx {
-            client: client.clone(),
-            peers: peers.clone(),
+            group: group.clone(),
+            retryable: args.retryable,
             origin_host: args.identity.origin_host.clone(),
             origin_realm: args.identity.origin_realm.clone(),
             destination_realm: args.destination_realm.clone().unwrap_or_else(|| args.identity.origin_realm.clone()),
@@ -559,6 +634,10 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         bar.finish_and_clear();
 
         let stats = client.stats();
+        let members = group.health_statistics();
+        let reconnections = group.reconnection_statistics();
+        let fo = group.failover_statistics();
+        group.close();
         client.close(Duration::from_secs(2)).await;
         drop(subscriptions);
 
@@ -573,6 +652,8 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         r.insert("errors".into(), json!(t.errors));
         r.insert("errors_total".into(), json!(t.errors_total()));
         r.insert("timeouts".into(), json!(t.timeouts));
+        r.insert("errors_retryable".into(), json!(t.errors_retryable));
+        r.insert("errors_non_retryable".into(), json!(t.errors_non_retryable));
         let codes: Map<String, Value> = t
             .result_codes
             .iter()
@@ -586,6 +667,46 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             r.insert("achieved_rate".into(), json!((t.requests() as f64 / secs * 10.0).round() / 10.0));
             r.insert("scheduled".into(), json!(due));
         }
+        r.insert(
+            "strategy".into(),
+            json!(if args.failover { "failover".to_string() } else { args.strategy.to_string() }),
+        );
+        r.insert("retryable_fraction".into(), json!(args.retryable));
+        r.insert("failovers".into(), json!(fo.failovers));
+        r.insert("retransmissions".into(), json!(fo.retransmissions));
+        r.insert("retransmissions_answered".into(), json!(fo.retransmissions_answered));
+        r.insert("reroutes".into(), json!(fo.reroutes));
+        if let Some(state) = fo.state {
+            r.insert(
+                "failover".into(),
+                json!({
+                    "state": state.as_str(),
+                    "active": fo.active.map(|a| a.to_string()),
+                    "failbacks": fo.failbacks,
+                    "unavailable": fo.unavailable,
+                }),
+            );
+        }
+        let per_peer: Map<String, Value> = members
+            .iter()
+            .zip(&reconnections)
+            .map(|(m, rc)| {
+                let v = json!({
+                    "requests": m.requests,
+                    "answers": m.answers,
+                    "errors": m.errors,
+                    "timeouts": m.timeouts,
+                    "retransmissions_received": m.retransmissions_received,
+                    "health": m.health.status.as_str(),
+                    "breaker": m.breaker.as_str(),
+                    "connections_lost": rc.connections_lost,
+                    "reopened": rc.reopened,
+                    "failed_establishments": rc.failed_establishments,
+                });
+                (m.addr.to_string(), v)
+            })
+            .collect();
+        r.insert("per_peer".into(), Value::Object(per_peer));
         r.insert("events".into(), log.counts_json());
         r.insert("events_dropped".into(), json!(log.dropped.load(Ordering::Relaxed)));
         r.insert("failures".into(), Value::Array(lock(&failures).clone()));

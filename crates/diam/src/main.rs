@@ -49,7 +49,9 @@ enum Command {
     /// with the request's Session-Id and --result-code. Accepts any
     /// application unless --app restricts it. Prints
     /// {"event":"listening","addr":...} on stdout once bound. Runs until
-    /// SIGINT/SIGTERM, then sends DPR to its peers.
+    /// SIGINT/SIGTERM, then sends DPR to its peers and prints
+    /// {"event":"stopped",...} with its request, answer, drop and
+    /// retransmission (T flag) counts.
     Serve(ServeArgs),
     /// Check a peer: CER, then DWR, then DPR, with each step's Result-Code
     /// and round-trip time as JSON. Exit 0 only when all three got 2001.
@@ -63,8 +65,9 @@ enum Command {
     /// the peer restored (reconnection), and a final stats table. About
     /// 8 s.
     Demo,
-    /// Run the standard workload (CCR, app 4) through one client pool and
-    /// report throughput, latency percentiles and errors as JSON.
+    /// Run the standard workload (CCR, app 4) through a peer group on one
+    /// client pool and report throughput, latency percentiles, errors,
+    /// per-peer counts, failovers and retransmissions as JSON.
     ///
     /// Keeps --inflight requests outstanding (closed loop), or sends at
     /// --rate requests/s (open loop, latency from each request's intended
@@ -190,9 +193,28 @@ pub(crate) struct SendArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// The peers, HOST:PORT[,HOST:PORT...]; requests go round-robin.
+    /// The peers, HOST:PORT[,HOST:PORT...]: one peer group, spread by
+    /// --strategy (or failed over in order with --failover).
     #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', required = true)]
     pub(crate) peer: Vec<String>,
+    /// How requests are spread over the peers: round-robin, lru, random,
+    /// least-outstanding or weighted (by an efficiency score from failure
+    /// rate and latency).
+    #[arg(long, value_name = "NAME", default_value = "round-robin", value_parser = parse_strategy)]
+    pub(crate) strategy: diam_link::balance::Strategy,
+    /// Primary/secondary instead of balancing: the first peer takes all
+    /// traffic, the next ones in order when it fails.
+    #[arg(long, conflicts_with = "strategy")]
+    pub(crate) failover: bool,
+    /// With --failover: how long the primary must stay up before traffic
+    /// goes back to it, in ms.
+    #[arg(long, value_name = "N", default_value_t = 30_000, requires = "failover")]
+    pub(crate) failback_ms: u64,
+    /// Fraction of requests sent retryable (P flag set): those are
+    /// retransmitted to another peer with the T flag when their connection
+    /// fails; the others fail with connection_lost.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub(crate) retryable: f64,
     /// How long to send, in seconds.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     pub(crate) duration: f64,
@@ -253,6 +275,10 @@ pub(crate) struct EncodeArgs {
     pub(crate) input: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) dict: DictArgs,
+}
+
+fn parse_strategy(s: &str) -> Result<diam_link::balance::Strategy, String> {
+    s.parse().map_err(|e: diam_link::ConfigError| e.to_string())
 }
 
 /// A command failure: the message for stderr and the exit code.

@@ -45,7 +45,7 @@ pub(crate) fn install(addr: SocketAddr) -> Result<(), Failure> {
 
 /// HELP lines for the metrics this program and its libraries emit.
 fn describe() {
-    let counters: [(&'static str, &'static str); 13] = [
+    let counters: [(&'static str, &'static str); 16] = [
         ("diam_client_requests_total", "Requests submitted through the client pool."),
         ("diam_client_answers_total", "Answers received by the client pool."),
         ("diam_client_errors_total", "Client requests that ended in an error (timeouts included), by kind."),
@@ -56,9 +56,21 @@ fn describe() {
         ("diam_pool_failure_callbacks_total", "Connection failure callbacks fired."),
         ("diam_pool_idle_closures_total", "Connections closed for idleness."),
         ("diam_pool_lifetime_expirations_total", "Connections replaced for reaching their maximum lifetime."),
+        (
+            "diam_group_retransmissions_total",
+            "Requests a peer group re-sent with the T flag after their connection failed.",
+        ),
+        (
+            "diam_group_reroutes_total",
+            "Requests a peer group sent to another member because they never reached the first.",
+        ),
         ("diam_serve_requests_total", "Application requests received by diam serve."),
         ("diam_serve_answers_total", "Answers sent by diam serve, by Result-Code."),
         ("diam_serve_dropped_total", "Requests diam serve left unanswered on purpose (--drop-rate)."),
+        (
+            "diam_serve_retransmissions_total",
+            "Requests diam serve received with the T flag (retransmitted after a failover).",
+        ),
     ];
     for (name, help) in counters {
         describe_counter!(name, Unit::Count, help);

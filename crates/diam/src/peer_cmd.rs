@@ -108,9 +108,17 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         requests: metrics::counter!("diam_serve_requests_total"),
         answers: metrics::counter!("diam_serve_answers_total", "result_code" => rc.to_string()),
         dropped: metrics::counter!("diam_serve_dropped_total"),
+        retransmissions: metrics::counter!("diam_serve_retransmissions_total"),
+        totals: ServeTotals::default(),
     });
+    let summary = counters.clone();
     let handler = handler_fn(move |req: Message| {
         counters.requests.increment(1);
+        counters.totals.requests.fetch_add(1, Ordering::Relaxed);
+        if req.flags().is_retransmit() {
+            counters.retransmissions.increment(1);
+            counters.totals.retransmissions.fetch_add(1, Ordering::Relaxed);
+        }
         let (origin_host, origin_realm, rng, counters) =
             (origin_host.clone(), origin_realm.clone(), rng.clone(), counters.clone());
         async move {
@@ -119,9 +127,11 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             }
             if chance(drop_rate, &rng) {
                 counters.dropped.increment(1);
+                counters.totals.dropped.fetch_add(1, Ordering::Relaxed);
                 return Response::NoAnswer;
             }
             counters.answers.increment(1);
+            counters.totals.answers.fetch_add(1, Ordering::Relaxed);
             Response::Answer(standard_answer(&req, rc, &origin_host, &origin_realm))
         }
     });
@@ -131,7 +141,16 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::failed(e.to_string()))?;
         let addr = server.local_addr().map_err(|e| Failure::failed(e.to_string()))?;
         print_json(&json!({"event": "listening", "addr": addr.to_string()}))?;
-        server.serve(shutdown_signal()).await.map_err(|e| Failure::failed(e.to_string()))
+        server.serve(shutdown_signal()).await.map_err(|e| Failure::failed(e.to_string()))?;
+        let t = &summary.totals;
+        print_json(&json!({
+            "event": "stopped",
+            "addr": addr.to_string(),
+            "requests": t.requests.load(Ordering::Relaxed),
+            "answers": t.answers.load(Ordering::Relaxed),
+            "dropped": t.dropped.load(Ordering::Relaxed),
+            "retransmissions": t.retransmissions.load(Ordering::Relaxed),
+        }))
     })
 }
 
@@ -143,6 +162,18 @@ struct ServeCounters {
     answers: metrics::Counter,
     /// Requests left unanswered (`--drop-rate`).
     dropped: metrics::Counter,
+    /// Requests that arrived with the T flag (retransmitted after a failover).
+    retransmissions: metrics::Counter,
+    /// The same counts, for the summary printed at shutdown.
+    totals: ServeTotals,
+}
+
+#[derive(Default)]
+struct ServeTotals {
+    requests: AtomicU64,
+    answers: AtomicU64,
+    dropped: AtomicU64,
+    retransmissions: AtomicU64,
 }
 
 /// The answer `diam serve` gives: Session-Id (copied by `answer_to`),

@@ -53,9 +53,31 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A running `diam serve`: the process, its address, and the stdout lines
+/// after the listening line (the `stopped` summary comes at shutdown).
+struct Serve {
+    child: Guard,
+    addr: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Serve {
+    /// SIGTERM, then the `stopped` summary it prints (bounded wait).
+    fn stop(mut self) -> Value {
+        let _ = Command::new("kill").args(["-s", "TERM", &self.child.0.id().to_string()]).status();
+        let status = self.child.wait_exit(Duration::from_secs(10)).expect("diam serve exits on SIGTERM");
+        assert!(status.success(), "diam serve exit {status:?}");
+        let line = self.lines.recv_timeout(Duration::from_secs(5)).expect("a stopped line");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["event"], "stopped", "{line}");
+        assert_eq!(v["addr"], self.addr.as_str(), "{line}");
+        v
+    }
+}
+
 /// Starts `diam serve --listen ADDR` and waits (bounded) for its listening
 /// line; `None` when it exits first (e.g. the port is not free yet).
-fn start_serve(listen: &str) -> Option<(Guard, String)> {
+fn start(listen: &str) -> Option<Serve> {
     let mut child = Guard(
         Command::new(env!("CARGO_BIN_EXE_diam"))
             .args(["serve", "--listen", listen])
@@ -66,16 +88,25 @@ fn start_serve(listen: &str) -> Option<(Guard, String)> {
             .expect("spawn diam serve"),
     );
     let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
+    let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
     });
-    let line = rx.recv_timeout(Duration::from_secs(15)).ok()?;
+    let line = lines.recv_timeout(Duration::from_secs(15)).ok()?;
     let v: Value = serde_json::from_str(&line).ok()?;
     assert_eq!(v["event"], "listening", "{line}");
-    Some((child, v["addr"].as_str()?.to_string()))
+    let addr = v["addr"].as_str()?.to_string();
+    Some(Serve { child, addr, lines })
+}
+
+/// [`start`] as the older tests use it: the process and its address.
+fn start_serve(listen: &str) -> Option<(Guard, String)> {
+    start(listen).map(|s| (s.child, s.addr))
 }
 
 /// Runs `diam bench ARGS` in the background; its stdout is collected.
@@ -293,4 +324,101 @@ fn bench_survives_sigkill_and_restart_of_the_server() {
     let failures = r["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "one failure callback: {r}");
     assert_eq!(failures[0]["peer"], addr.as_str());
+}
+
+/// Restarts `diam serve` on `listen` (retried briefly, should the port linger).
+fn restart(listen: &str) -> Serve {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(s) = start(listen) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "diam serve does not restart on {listen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The acceptance scenario of issue 6: one of three peers is SIGKILLed under
+/// load and restarted. Every request ends with an outcome; the retryable
+/// ones that were in flight on the killed peer are retransmitted with the T
+/// flag and answered by the others; only non-retryable requests fail; the
+/// killed peer takes traffic again after its restart.
+#[test]
+fn bench_group_absorbs_a_sigkilled_peer_and_it_rejoins() {
+    let mut servers: Vec<Serve> = (0..3).map(|_| start("127.0.0.1:0").expect("diam serve starts")).collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let victim = addrs[0].clone();
+    let events_path: PathBuf =
+        std::env::temp_dir().join(format!("diam-group-events-{}-{}.jsonl", std::process::id(), unix_us()));
+    let events = events_path.to_str().unwrap().to_string();
+    let peers = addrs.join(",");
+    let bench = Bench::start(&[
+        "--peer",
+        &peers,
+        "--duration",
+        "8",
+        "--inflight",
+        "48",
+        "--retryable",
+        "0.5",
+        "--events",
+        &events,
+        "--json",
+    ]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut killed = servers.remove(0);
+    killed.child.0.kill().expect("SIGKILL diam serve");
+    let _ = killed.child.0.wait();
+    let kill_us = unix_us();
+    std::thread::sleep(Duration::from_millis(1500));
+    let reborn = restart(&victim);
+
+    let (status, out, err) = bench.finish(Duration::from_secs(40));
+    let text = std::fs::read_to_string(&events_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&events_path);
+    assert!(status.success(), "exit {status:?}\n{out}\n{err}");
+    let r = report(&out, &err);
+    eprintln!("final report: {r}");
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+
+    // Every request has exactly one outcome, and only non-retryable ones failed.
+    let errors = check_invariant(&r);
+    assert_eq!(n("timeouts"), 0, "{r}");
+    assert_eq!(n("errors_retryable"), 0, "a retryable request failed: {r}");
+    assert_eq!(n("errors_non_retryable"), errors, "{r}");
+    for kind in r["errors"].as_object().unwrap().keys() {
+        assert_eq!(kind, "connection_lost", "unexpected error kind: {r}");
+    }
+    // Something was in flight on the killed peer: retransmitted or lost.
+    let retransmitted = n("retransmissions");
+    assert!(retransmitted + errors > 0, "{r}");
+    assert_eq!(n("retransmissions_answered"), retransmitted, "{r}");
+    assert!(n("failovers") >= 1, "{r}");
+
+    // The T flag arrived at the alternates: their counts add up to ours.
+    let survivors: Vec<Value> = servers.into_iter().map(Serve::stop).collect();
+    let reborn = reborn.stop();
+    let t_flags: u64 = survivors.iter().map(|s| s["retransmissions"].as_u64().unwrap()).sum();
+    assert_eq!(t_flags, retransmitted, "T-flag requests seen by the other peers: {survivors:?}\n{r}");
+    assert_eq!(reborn["retransmissions"], 0, "{reborn}");
+
+    // The others absorbed the load; the killed peer rejoined.
+    let pp = &r["per_peer"];
+    let answers = |a: &str| pp[a]["answers"].as_u64().unwrap_or_else(|| panic!("per_peer {a} missing: {r}"));
+    for a in &addrs[1..] {
+        assert!(answers(a) > answers(&victim), "{a} should have carried more than the killed peer: {r}");
+        assert_eq!(pp[a.as_str()]["connections_lost"], 0, "{r}");
+    }
+    assert_eq!(pp[victim.as_str()]["connections_lost"], 1, "{r}");
+    assert_eq!(pp[victim.as_str()]["reopened"], 1, "{r}");
+    assert!(reborn["requests"].as_u64().unwrap() > 0, "the restarted peer got no traffic: {reborn}");
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let rejoined = lines
+        .iter()
+        .find(|l| l["event"] == "reconnected" && l["peer"] == victim.as_str() && l["ts_us"].as_u64() > Some(kill_us));
+    assert!(rejoined.is_some(), "no reconnected event for {victim}\n{text}");
+    assert!(
+        lines.iter().any(|l| l["name"] == "circuit_breaker" && l["to"] == "closed" && l["peer"] == victim.as_str()),
+        "the killed peer's breaker never closed again\n{text}"
+    );
 }
