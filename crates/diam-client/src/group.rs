@@ -249,7 +249,8 @@ pub struct MemberReconnection {
     pub reopened: u64,
     /// First establishments that failed (the group dials again, paced).
     pub failed_establishments: u64,
-    /// The last connection error, if any.
+    /// The last connection error (a lost connection's reason, or why an
+    /// establishment failed), if any.
     pub last_error: Option<String>,
 }
 
@@ -670,7 +671,7 @@ impl PeerGroup {
                 connections_lost: s.losses,
                 reopened: s.reopened,
                 failed_establishments: s.failed_establishments,
-                last_error: s.last_error.clone(),
+                last_error: s.entry.as_ref().and_then(|e| e.last_error()).or_else(|| s.last_error.clone()),
             })
             .collect()
     }
@@ -978,8 +979,14 @@ impl GroupInner {
                 s.entry = Some(entry.clone());
             }
             let open = entry.is_open();
+            // Closed on purpose (idle timeout, pool or group closing): not a failure.
+            let local = matches!(slot, Slot::Failed(Error::Closed | Error::PoolClosed))
+                || self.closed.load(Ordering::Acquire)
+                || self.client.is_closed();
             let mut change = None;
-            if open && !s.open {
+            if local {
+                s.open = open;
+            } else if open && !s.open {
                 s.open = true;
                 if s.ever_open {
                     s.reopened += 1;
@@ -995,13 +1002,10 @@ impl GroupInner {
                 if st.failover.is_none() && st.members.iter().enumerate().any(|(i, m)| i != member && m.usable(now)) {
                     st.balance_failovers += 1;
                 }
-            } else if let Slot::Failed(e) = slot.clone() {
-                if matches!(e, Error::PoolClosed) {
-                    return;
-                }
+            } else if let Slot::Failed(e) = slot {
                 s.failed_establishments += 1;
                 s.last_error = Some(e.to_string());
-                change = s.health.record_failure(category(&e), std_now);
+                change = s.health.record_failure(category(e), std_now);
             }
             let s = &mut st.members[member];
             if let Some(change) = change {

@@ -196,6 +196,11 @@ impl Entry {
         matches!(&*self.slot.borrow(), Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent))
     }
 
+    /// The last error seen on this address.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
     /// Records a use now (for the idle timeout).
     pub(crate) fn touch(&self) {
         let us = u64::try_from(self.created.elapsed().as_micros()).unwrap_or(u64::MAX);
