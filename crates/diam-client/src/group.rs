@@ -1,48 +1,5 @@
-//! [`PeerGroup`]: one logical destination served by several peers.
-//!
-//! A group routes each request to one of its members over the connections of an
-//! [`AddressClient`], so applications stop caring which peer served them:
-//!
-//! * **Choosing a peer.** In [`GroupMode::Balance`] every usable member carries
-//!   traffic and a [`Strategy`] picks one per request (round-robin, least recently
-//!   used, random, least outstanding, or weighted by an efficiency score). In
-//!   [`GroupMode::Failover`] the first member is the primary and the others are
-//!   secondaries in order; traffic goes to one member at a time, as the
-//!   [`Failover`] machine says (automatic failover, manual failover, optional
-//!   auto-failback after a stable period).
-//! * **Usable** means: the connection is open (capabilities exchanged, watchdog
-//!   OKAY or a DWR outstanding), the member's health is not `Dead`, and its
-//!   circuit breaker lets requests through.
-//! * **Health** per member ([`HealthMonitor`]) comes from live traffic (answers
-//!   with their latency, timeouts, 3xxx protocol-error answers), from each
-//!   connection loss or failed establishment (counted once, not once per request
-//!   it took down), and from a DWR sent every [`GroupConfig::check_interval`]
-//!   (and at once whenever a connection opens).
-//! * **Circuit breaker** per member ([`CircuitBreaker`]): opened by consecutive
-//!   failures or a failure rate, and at once by a connection loss; its open wait
-//!   grows from [`GroupConfig::breaker_open_min`] to
-//!   [`GroupConfig::breaker_open_max`]; half-open lets a probe through.
-//! * **Retransmission** (RFC 6733 §5.5.4): when a connection fails with a request
-//!   outstanding and the request is retryable (the P flag, or
-//!   [`SendOptions::retryable`]), it is re-sent once to another member with the T
-//!   flag set and the same End-to-End identifier. Other requests fail with
-//!   [`Error::ConnectionLost`]. A request that never reached the connection's
-//!   write path (the connection was already failing) is sent to another member
-//!   as it is, once, retryable or not: no peer can have seen it.
-//!
-//! # Duplicates
-//!
-//! A retransmitted request may already have been processed by the peer that
-//! failed (it can die after acting on the request, before its answer arrives).
-//! So retryable requests are delivered *at least once*: the T flag and the
-//! unchanged End-to-End identifier, with Origin-Host, are what lets the server
-//! side detect the duplicate (RFC 6733 §3). Requests that are not retryable
-//! are delivered *at most once*: they fail instead. Mark as retryable only
-//! requests whose duplicates the servers handle (Credit-Control servers do, by
-//! Session-Id and CC-Request-Number; RFC 4006 §5.5).
-//!
-//! Every request ends with an answer or a typed error by its deadline; a
-//! retransmission uses what is left of the original timeout.
+//! [`PeerGroup`]: one logical destination served by several peers (see
+//! the type's documentation).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -409,9 +366,51 @@ impl Drop for GroupInner {
     }
 }
 
-/// Several peers serving one destination: balancing or primary/secondary
-/// failover, per-member health and circuit breakers, and retransmission with
-/// the T flag when a connection fails (see the [module docs](self)).
+/// Several peers serving one destination.
+///
+/// A group routes each request to one of its members over the connections of an
+/// [`AddressClient`], so applications stop caring which peer served them:
+///
+/// * **Choosing a peer.** In [`GroupMode::Balance`] every usable member carries
+///   traffic and a [`Strategy`] picks one per request (round-robin, least recently
+///   used, random, least outstanding, or weighted by an efficiency score). In
+///   [`GroupMode::Failover`] the first member is the primary and the others are
+///   secondaries in order; traffic goes to one member at a time, as the
+///   [`Failover`] machine says (automatic failover, manual failover, optional
+///   auto-failback after a stable period).
+/// * **Usable** means: the connection is open (capabilities exchanged, watchdog
+///   OKAY or a DWR outstanding), the member's health is not `Dead`, and its
+///   circuit breaker lets requests through.
+/// * **Health** per member ([`HealthMonitor`]) comes from live traffic (answers
+///   with their latency, timeouts, 3xxx protocol-error answers), from each
+///   connection loss or failed establishment (counted once, not once per request
+///   it took down), and from a DWR sent every [`GroupConfig::check_interval`]
+///   (and at once whenever a connection opens).
+/// * **Circuit breaker** per member ([`CircuitBreaker`]): opened by consecutive
+///   failures or a failure rate, and at once by a connection loss; its open wait
+///   grows from [`GroupConfig::breaker_open_min`] to
+///   [`GroupConfig::breaker_open_max`]; half-open lets a probe through.
+/// * **Retransmission** (RFC 6733 §5.5.4): when a connection fails with a request
+///   outstanding and the request is retryable (the P flag, or
+///   [`SendOptions::retryable`]), it is re-sent once to another member with the T
+///   flag set and the same End-to-End identifier. Other requests fail with
+///   [`Error::ConnectionLost`]. A request that never reached the connection's
+///   write path (the connection was already failing) is sent to another member
+///   as it is, once, retryable or not: no peer can have seen it.
+///
+/// # Duplicates
+///
+/// A retransmitted request may already have been processed by the peer that
+/// failed (it can die after acting on the request, before its answer arrives).
+/// So retryable requests are delivered *at least once*: the T flag and the
+/// unchanged End-to-End identifier, with Origin-Host, are what lets the server
+/// side detect the duplicate (RFC 6733 §3). Requests that are not retryable
+/// are delivered *at most once*: they fail instead. Mark as retryable only
+/// requests whose duplicates the servers handle (Credit-Control servers do, by
+/// Session-Id and CC-Request-Number; RFC 4006 §5.5).
+///
+/// Every request ends with an answer or a typed error by its deadline; a
+/// retransmission uses what is left of the original timeout.
 ///
 /// Cloning is cheap; clones share the group. The connections belong to the
 /// [`AddressClient`] the group was built on (several groups may share one).

@@ -7,6 +7,15 @@
 //!   failure (EOF, read or write error, a stalled write, watchdog DOWN, DPR)
 //!   completes every pending request at once with
 //!   [`Error::ConnectionLost`] and fires the `on_failure` callback.
+//! * [`AddressClient`]: at most one connection per address, single-flight
+//!   establishment, cleanup the moment a connection fails, reconnection
+//!   with backoff, idle and lifetime limits, statistics and events.
+//! * [`PeerGroup`]: several peers for one destination on an
+//!   `AddressClient`: balancing (round-robin, least recently used, random,
+//!   least outstanding, weighted) or primary/secondary failover with
+//!   auto-failback; per-peer health and circuit breaker; retryable requests
+//!   retransmitted with the T flag when their connection fails (RFC 6733
+//!   §5.5.4). [`Router`] picks the group by Destination-Realm.
 //! * [`Server`]: accepts connections and serves application requests with
 //!   a [`Handler`]; shutdown sends DPR to every peer.
 //!
@@ -15,7 +24,9 @@
 //! sockets and timers.
 //!
 //! Dependencies: `tokio` (runtime, sockets, timers, channels), `bytes`,
-//! `tracing` for logs, `thiserror` for errors.
+//! `tracing` for logs, `thiserror` for errors, `metrics` for counters, and
+//! this workspace's `diam-link` for backoff, events, health monitoring,
+//! circuit breakers, balancing and the failover machine.
 #![warn(missing_docs)]
 
 mod config;
