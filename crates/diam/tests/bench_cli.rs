@@ -225,6 +225,12 @@ fn bench_rejects_bad_arguments() {
         &["--peer", "127.0.0.1:1", "--rate", "0"],
         &["--peer", "not an address"],
         &["--duration", "1"],
+        &["--peer", "127.0.0.1:1", "--strategy", "fastest"],
+        &["--peer", "127.0.0.1:1", "--retryable", "1.5"],
+        &["--peer", "127.0.0.1:1", "--failback-ms", "1000"],
+        &["--peer", "127.0.0.1:1", "--failover", "--strategy", "random"],
+        &["--peer", "127.0.0.1:1", "--failover", "--failback-ms", "0"],
+        &["--peer", "127.0.0.1:1,127.0.0.1:1"],
     ] {
         let b = Bench::start(args);
         let (status, out, err) = b.finish(Duration::from_secs(20));
