@@ -6,6 +6,10 @@ use diam_proto::peer::PeerConfig;
 
 use crate::Error;
 
+/// The longest timeout accepted (longer ones are configuration mistakes,
+/// and deadlines must stay representable).
+const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+
 /// Options for one peer connection (client or server side).
 ///
 /// Every field has a documented default; [`ConnectionConfig::validate`]
@@ -72,8 +76,8 @@ impl ConnectionConfig {
             ("drain_timeout", self.drain_timeout),
         ];
         for (name, d) in positive {
-            if d.is_zero() {
-                return Err(Error::InvalidConfig(format!("{name} must be positive")));
+            if d.is_zero() || d > MAX_TIMEOUT {
+                return Err(Error::InvalidConfig(format!("{name} must be positive and at most 30 days")));
             }
         }
         if self.max_pending == 0 || self.max_pending > (1 << 24) {

@@ -295,11 +295,12 @@ impl Task {
                 },
                 cmd = self.commands.recv(), if accepting && wbuf.len() < MAX_COALESCE => match cmd {
                     Some(cmd) => {
-                        self.command(cmd, &mut wbuf);
+                        let now = Instant::now();
+                        self.command(cmd, &mut wbuf, now);
                         // Coalesce everything already queued into this write.
                         while wbuf.len() < MAX_COALESCE && self.closing.is_none() {
                             match self.commands.try_recv() {
-                                Ok(cmd) => self.command(cmd, &mut wbuf),
+                                Ok(cmd) => self.command(cmd, &mut wbuf, now),
                                 Err(_) => break,
                             }
                         }
@@ -453,10 +454,17 @@ impl Task {
         self.peer.send_answer(ans);
     }
 
-    fn command(&mut self, cmd: Command, wbuf: &mut BytesMut) {
+    fn command(&mut self, cmd: Command, wbuf: &mut BytesMut, now: Instant) {
         match cmd {
             Command::Request { msg, reply, deadline, permit } => {
                 if reply.is_closed() {
+                    return;
+                }
+                // Its caller's time ran out while it queued: the peer must
+                // not see it (it would do work no one waits for).
+                if deadline <= now {
+                    self.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Err(Unanswered::unsent(Error::Timeout)));
                     return;
                 }
                 if !self.peer.can_send() {

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::conn::{Reply, Unanswered};
-use crate::pool::{Entry, Slot};
+use crate::pool::{Counted, Entry, Slot};
 use crate::{AddressClient, Error, Peer};
 
 /// How a group spreads requests over its members.
@@ -54,9 +54,13 @@ pub struct GroupConfig {
     /// Retransmit retryable requests to another member when their connection
     /// fails (RFC 6733 §5.5.4). Default true.
     pub retransmit: bool,
-    /// Interval of the DWR health checks on each open member; zero turns them
-    /// off. Default 5 s (Tw itself is 30 s, RFC 3539; the checks are
-    /// cheap and make a recovering member usable again sooner).
+    /// Interval of the DWR health checks on each open member. Default 5 s
+    /// (Tw itself is 30 s, RFC 3539; the checks are cheap and make a
+    /// recovering member usable again sooner). Zero turns the periodic checks
+    /// off, except for dead members (every 5 s): a dead member gets no
+    /// traffic, so only checks can bring it back. Whatever the interval, a
+    /// connection that opens is checked at once, and a dead member whose DWR
+    /// is answered is checked again at once until it has recovered.
     pub check_interval: Duration,
     /// With no usable member, a request waits for one up to its timeout
     /// (true) or fails at once with [`Error::NoPeerAvailable`] (false).
@@ -306,7 +310,8 @@ impl MemberState {
 
 struct GroupState {
     members: Vec<MemberState>,
-    balancer: Box<dyn Balancer<usize> + Send>,
+    /// Balancing mode's strategy (`None` in failover mode).
+    balancer: Option<Box<dyn Balancer<usize> + Send>>,
     /// Whether the balancer uses failure rates and latencies (computing them
     /// costs a pass over each member's history, so only then).
     weighted: bool,
@@ -385,7 +390,8 @@ impl Drop for GroupInner {
 ///   with their latency, timeouts, 3xxx protocol-error answers), from each
 ///   connection loss or failed establishment (counted once, not once per request
 ///   it took down), and from a DWR sent every [`GroupConfig::check_interval`]
-///   (and at once whenever a connection opens).
+///   (and at once whenever a connection opens). A request that timed out
+///   before it could be written (a local wait) says nothing about the peer.
 /// * **Circuit breaker** per member ([`CircuitBreaker`]): opened by consecutive
 ///   failures or a failure rate, and at once by a connection loss; its open wait
 ///   grows from [`GroupConfig::breaker_open_min`] to
@@ -463,19 +469,56 @@ fn category(e: &Error) -> ErrorCategory {
     }
 }
 
-/// Decrements a member's in-flight count, and frees a reserved half-open
-/// probe when the attempt ends without an outcome (its caller dropped it).
+/// A request reserved on one member by [`GroupInner::pick`]: it holds the
+/// member's in-flight count and, when the breaker was half-open, one of its
+/// probes. Dropped without an outcome (the caller gave up on the request),
+/// it frees both and wakes senders waiting for a usable member.
 struct Attempt<'a> {
     group: &'a GroupInner,
     member: usize,
+    peer: Peer,
+    /// The breaker was half-open when this request was let through.
+    probe: bool,
     recorded: bool,
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.group.members[self.member].in_flight.fetch_sub(1, Ordering::Relaxed);
-        if !self.recorded {
+        if !self.recorded && self.probe {
             lock(&self.group.state).members[self.member].breaker.on_abandoned();
+            self.group.usable.notify_waiters();
+        }
+    }
+}
+
+/// A group request's place in the group's and the pool's accounting: its
+/// outcome is counted exactly once, as cancelled when the caller drops the
+/// future first.
+struct Outcome<'a> {
+    group: &'a GroupInner,
+    pool: Option<Counted<'a>>,
+}
+
+impl Outcome<'_> {
+    fn finish(mut self, result: &Result<Message, Error>) {
+        let c = &self.group.counters;
+        match result {
+            Ok(_) => c.answers.fetch_add(1, Ordering::Relaxed),
+            Err(Error::Timeout) => c.timeouts.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
+        };
+        if let Some(pool) = self.pool.take() {
+            pool.finish(result);
+        }
+    }
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        if self.pool.is_some() {
+            // Not finished: the pool's guard counts it as cancelled.
+            self.group.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -523,12 +566,12 @@ impl PeerGroup {
         }
         let seed = config.seed.unwrap_or_else(crate::peer::seed);
         let (balancer, weighted, failover) = match &config.mode {
-            GroupMode::Balance(strategy) => (strategy.build::<usize>(seed), *strategy == Strategy::Weighted, None),
-            GroupMode::Failover(f) => (
-                Strategy::RoundRobin.build::<usize>(seed),
-                false,
-                Some(Failover::new(members.len(), f.clone()).map_err(|e| invalid("failover", e))?),
-            ),
+            GroupMode::Balance(strategy) => {
+                (Some(strategy.build::<usize>(seed)), *strategy == Strategy::Weighted, None)
+            }
+            GroupMode::Failover(f) => {
+                (None, false, Some(Failover::new(members.len(), f.clone()).map_err(|e| invalid("failover", e))?))
+            }
         };
         let inner = Arc::new_cyclic(|me| GroupInner {
             me: me.clone(),
@@ -595,16 +638,11 @@ impl PeerGroup {
     pub async fn send_with(&self, request: Message, options: SendOptions) -> Result<Message, Error> {
         let g = &*self.inner;
         g.counters.requests.fetch_add(1, Ordering::Relaxed);
-        g.client.count_request();
+        let counted = Outcome { group: g, pool: Some(g.client.start_request()) };
         let timeout = options.timeout.unwrap_or(g.client.config().connection.request_timeout);
         let retryable = options.retryable.unwrap_or_else(|| request.flags().is_proxiable());
-        let result = g.route(request, Instant::now() + timeout, retryable).await;
-        match &result {
-            Ok(_) => g.counters.answers.fetch_add(1, Ordering::Relaxed),
-            Err(Error::Timeout) => g.counters.timeouts.fetch_add(1, Ordering::Relaxed),
-            Err(_) => g.counters.errors.fetch_add(1, Ordering::Relaxed),
-        };
-        g.client.count_outcome(&result);
+        let result = g.route(request, crate::peer::deadline_after(timeout), retryable).await;
+        counted.finish(&result);
         result
     }
 
@@ -728,22 +766,67 @@ impl PeerGroup {
     }
 }
 
+/// What one attempt's outcome says about the member.
+enum Verdict {
+    /// An answer that is not a protocol error.
+    Success,
+    /// No answer in time, or a 3xxx protocol-error answer.
+    Failure(ErrorCategory),
+    /// The connection failed under a written request (recorded once per
+    /// connection by the member watcher; here it only opens the breaker).
+    Lost,
+    /// The connection was not available for requests (watchdog SUSPECT).
+    Refused,
+    /// Nothing about the peer (a local wait ran out, a local close...).
+    Neutral,
+}
+
+fn verdict(outcome: &Reply) -> Verdict {
+    match outcome {
+        Ok(answer) => match result_code(answer) {
+            // Protocol errors (busy, unable to deliver, loop...) say something
+            // about the peer; 4xxx and 5xxx are about the request.
+            Some(rc) if result_codes::class(rc) == 3 => Verdict::Failure(ErrorCategory::Application(rc)),
+            _ => Verdict::Success,
+        },
+        Err(u) => match (&u.error, u.written) {
+            (Error::Timeout, Some(_)) => Verdict::Failure(ErrorCategory::Timeout),
+            (Error::ConnectionLost(_), Some(_)) => Verdict::Lost,
+            (Error::NotAvailable(_), None) => Verdict::Refused,
+            _ => Verdict::Neutral,
+        },
+    }
+}
+
+/// Most attempts of one request: the first, one reroute of a request that
+/// never reached its connection, and one retransmission.
+const MAX_ATTEMPTS: usize = 3;
+
 impl GroupInner {
     /// Routes one request: pick, send, and on a connection failure reroute or
-    /// retransmit once.
+    /// retransmit once, never to a member already tried.
     async fn route(&self, request: Message, deadline: Instant, retryable: bool) -> Result<Message, Error> {
         if !request.is_request() {
             return Err(Error::InvalidRequest("the message has no R flag"));
         }
         let mut message = request;
-        let mut exclude = None;
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut attempts = 0;
         let (mut rerouted, mut retransmitted) = (false, false);
         loop {
-            let (member, peer) = self.acquire(exclude, deadline).await?;
-            if retransmitted {
+            let attempt = self.acquire(&tried[..attempts], deadline).await?;
+            let member = attempt.member;
+            tried[attempts] = member;
+            attempts += 1;
+            let outcome = self.attempt(attempt, message.clone(), deadline).await;
+            let written = matches!(&outcome, Ok(_) | Err(Unanswered { written: Some(_), .. }));
+            if retransmitted && written {
+                // The T-flag copy reached this member.
+                self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
+                self.metrics.0.increment(1);
                 self.members[member].counters.retransmissions_received.fetch_add(1, Ordering::Relaxed);
             }
-            let outcome = self.attempt(member, &peer, message.clone(), deadline).await;
+            let more = attempts < MAX_ATTEMPTS && attempts < self.members.len() && Instant::now() < deadline;
             match outcome {
                 Ok(answer) => {
                     if retransmitted {
@@ -756,40 +839,35 @@ impl GroupInner {
                 Err(Unanswered {
                     error: Error::NotAvailable(_) | Error::Closed | Error::ConnectionLost(_) | Error::Overloaded,
                     written: None,
-                }) if !rerouted && self.members.len() > 1 => {
+                }) if more && !rerouted => {
                     rerouted = true;
-                    exclude = Some(member);
                     self.counters.reroutes.fetch_add(1, Ordering::Relaxed);
                     self.metrics.1.increment(1);
                 }
                 Err(Unanswered { error: Error::ConnectionLost(reason), written: Some(e2e) })
-                    if retryable && self.config.retransmit && !retransmitted && self.members.len() > 1 =>
+                    if more && retryable && self.config.retransmit && !retransmitted =>
                 {
                     tracing::debug!(peer = %self.members[member].addr, %reason, end_to_end = e2e, "retransmitting");
                     message = message.retransmission(e2e);
                     retransmitted = true;
-                    exclude = Some(member);
-                    self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.0.increment(1);
                 }
                 Err(u) => return Err(u.error),
             }
         }
     }
 
-    /// One attempt on `member`, its outcome recorded.
-    async fn attempt(&self, member: usize, peer: &Peer, message: Message, deadline: Instant) -> Reply {
-        let mut guard = Attempt { group: self, member, recorded: false };
+    /// Sends on a reserved member and records the outcome.
+    async fn attempt(&self, mut attempt: Attempt<'_>, message: Message, deadline: Instant) -> Reply {
         let started = Instant::now();
-        let outcome = peer.send_until(message, deadline).await;
-        guard.recorded = true;
-        self.record(member, &outcome, started.elapsed());
+        let outcome = attempt.peer.send_until(message, deadline).await;
+        attempt.recorded = true;
+        self.record(&attempt, &outcome, started.elapsed());
         outcome
     }
 
-    /// A usable member (other than `exclude`), waiting for one until
+    /// A reserved usable member (not one of `tried`), waiting for one until
     /// `deadline` when the configuration says so.
-    async fn acquire(&self, exclude: Option<usize>, deadline: Instant) -> Result<(usize, Peer), Error> {
+    async fn acquire(&self, tried: &[usize], deadline: Instant) -> Result<Attempt<'_>, Error> {
         loop {
             let notified = self.usable.notified();
             tokio::pin!(notified);
@@ -797,8 +875,8 @@ impl GroupInner {
             if self.closed.load(Ordering::Acquire) || self.client.is_closed() {
                 return Err(Error::PoolClosed);
             }
-            if let Some(picked) = self.pick(exclude) {
-                return Ok(picked);
+            if let Some(attempt) = self.pick(tried) {
+                return Ok(attempt);
             }
             if !self.config.wait_for_peer {
                 return Err(Error::NoPeerAvailable);
@@ -812,33 +890,27 @@ impl GroupInner {
 
     /// Chooses a member for the next request and reserves it (in-flight
     /// count, half-open probe).
-    fn pick(&self, exclude: Option<usize>) -> Option<(usize, Peer)> {
+    fn pick(&self, tried: &[usize]) -> Option<Attempt<'_>> {
         let now = Instant::now();
         let std_now = now.into_std();
         let mut out = Pending::default();
         let picked = {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
-            let chosen = match &mut st.failover {
-                Some(f) => {
-                    for (i, m) in st.members.iter().enumerate() {
-                        f.set_available(i, m.usable(now), std_now);
-                    }
-                    f.handle_timeout(std_now);
-                    drain_failover(f, &mut out);
-                    // The active member; another usable one when it is
-                    // excluded or its half-open breaker is busy probing.
-                    let ok = |i: usize| Some(i) != exclude && st.members[i].pickable(now);
-                    match f.active() {
-                        Some(a) if ok(a) => Some(a),
-                        _ => (0..st.members.len()).find(|&i| ok(i)),
-                    }
-                }
-                None => {
+            sync_failover(st, now, &mut out);
+            let ok = |st: &GroupState, i: usize| !tried.contains(&i) && st.members[i].pickable(now);
+            let chosen = match (&st.failover, &mut st.balancer) {
+                // The active member; when it is excluded or its half-open
+                // breaker is busy probing, the next one in the machine's order.
+                (Some(f), _) => match f.active() {
+                    Some(a) if ok(st, a) => Some(a),
+                    _ => f.preference().find(|&i| ok(st, i)),
+                },
+                (None, Some(balancer)) => {
                     st.candidates.clear();
                     for (i, (m, s)) in self.members.iter().zip(&st.members).enumerate() {
                         let mut c = Candidate::new(i)
-                            .available(Some(i) != exclude && s.pickable(now))
+                            .available(!tried.contains(&i) && s.pickable(now))
                             .in_flight(m.in_flight.load(Ordering::Relaxed))
                             .weight(m.weight);
                         if st.weighted {
@@ -848,21 +920,24 @@ impl GroupInner {
                         }
                         st.candidates.push(c);
                     }
-                    st.balancer.pick(&st.candidates, std_now).map(|k| *st.candidates[k].id())
+                    balancer.pick(&st.candidates, std_now).map(|k| *st.candidates[k].id())
                 }
+                (None, None) => None,
             };
-            let picked = chosen.and_then(|i| {
+            chosen.and_then(|i| {
                 let s = &mut st.members[i];
-                let peer = s.entry.as_ref()?.open_peer()?;
+                let entry = s.entry.as_ref()?;
+                let peer = entry.open_peer()?;
+                entry.touch();
+                let probe = s.breaker.state() != BreakerState::Closed;
                 if !s.breaker.allow(std_now) {
                     return None;
                 }
                 drain_breaker(i, &mut s.breaker, &mut out);
                 self.members[i].in_flight.fetch_add(1, Ordering::Relaxed);
                 self.members[i].counters.requests.fetch_add(1, Ordering::Relaxed);
-                Some((i, peer))
-            });
-            picked
+                Some(Attempt { group: self, member: i, peer, probe, recorded: false })
+            })
         };
         self.flush(out);
         picked
@@ -870,13 +945,15 @@ impl GroupInner {
 
     /// Records one attempt's outcome in the member's health, breaker and
     /// balancer, and in the failover machine.
-    fn record(&self, member: usize, outcome: &Reply, latency: Duration) {
+    fn record(&self, attempt: &Attempt<'_>, outcome: &Reply, latency: Duration) {
+        let member = attempt.member;
         let c = &self.members[member].counters;
         match outcome {
             Ok(_) => c.answers.fetch_add(1, Ordering::Relaxed),
             Err(Unanswered { error: Error::Timeout, .. }) => c.timeouts.fetch_add(1, Ordering::Relaxed),
             Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
         };
+        let verdict = verdict(outcome);
         let now = Instant::now();
         let std_now = now.into_std();
         let mut out = Pending::default();
@@ -884,53 +961,53 @@ impl GroupInner {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
             let s = &mut st.members[member];
-            let failure = match outcome {
-                Ok(answer) => match result_code(answer) {
-                    // Protocol errors (busy, unable to deliver, loop...) say
-                    // something about the peer; 4xxx/5xxx are about the request.
-                    Some(rc) if result_codes::class(rc) == 3 => Some(ErrorCategory::Application(rc)),
-                    _ => None,
-                },
-                Err(u) => match (&u.error, u.written) {
-                    (Error::Timeout, _) => Some(ErrorCategory::Timeout),
-                    // A lost connection is recorded once, by the member
-                    // watcher; here it only opens the breaker.
-                    (Error::ConnectionLost(_), Some(_)) => {
-                        s.breaker.trip(std_now);
-                        st.balancer.record(&member, false, std_now);
-                        None
+            // A request let through before the breaker tripped says nothing
+            // about the probes now under way.
+            let stale = s.breaker.state() == BreakerState::HalfOpen && !attempt.probe;
+            let change = match verdict {
+                Verdict::Success => {
+                    if !stale {
+                        s.breaker.on_success(std_now);
                     }
-                    (Error::NotAvailable(_), None) => {
-                        s.breaker.on_failure(std_now);
-                        None
+                    if let Some(b) = &mut st.balancer {
+                        b.record(&member, true, std_now);
                     }
-                    _ => {
-                        s.breaker.on_abandoned();
-                        None
-                    }
-                },
-            };
-            let change = match (outcome, failure) {
-                (_, Some(category)) => {
-                    s.breaker.on_failure(std_now);
-                    st.balancer.record(&member, false, std_now);
-                    s.health.record_failure(category, std_now)
-                }
-                (Ok(_), None) => {
-                    s.breaker.on_success(std_now);
-                    st.balancer.record(&member, true, std_now);
                     if let Some(f) = &mut st.failover {
                         f.confirm(member, std_now);
                     }
                     s.health.record_success(latency, std_now)
                 }
-                (Err(_), None) => None,
+                Verdict::Failure(category) => {
+                    if !stale {
+                        s.breaker.on_failure(std_now);
+                    }
+                    if let Some(b) = &mut st.balancer {
+                        b.record(&member, false, std_now);
+                    }
+                    s.health.record_failure(category, std_now)
+                }
+                Verdict::Lost => {
+                    s.breaker.trip(std_now);
+                    None
+                }
+                Verdict::Refused => {
+                    if !stale {
+                        s.breaker.on_failure(std_now);
+                    }
+                    None
+                }
+                Verdict::Neutral => {
+                    if attempt.probe {
+                        s.breaker.on_abandoned();
+                        out.wake = true;
+                    }
+                    None
+                }
             };
-            let s = &mut st.members[member];
             if let Some(change) = change {
                 out.events.push((Some(member), change.to_event()));
             }
-            drain_breaker(member, &mut s.breaker, &mut out);
+            drain_breaker(member, &mut st.members[member].breaker, &mut out);
             if let Some(f) = &mut st.failover {
                 drain_failover(f, &mut out);
             }
@@ -944,15 +1021,8 @@ impl GroupInner {
     /// Re-evaluates every member's usability for the failover machine and
     /// runs its due timers.
     fn refresh(&self, st: &mut GroupState, now: Instant, out: &mut Pending) {
-        let std_now = now.into_std();
         let usable = st.members.iter().any(|m| m.usable(now));
-        if let Some(f) = &mut st.failover {
-            for (i, m) in st.members.iter().enumerate() {
-                f.set_available(i, m.usable(now), std_now);
-            }
-            f.handle_timeout(std_now);
-            drain_failover(f, out);
-        }
+        sync_failover(st, now, out);
         if st.any_usable && !usable && !self.closed.load(Ordering::Acquire) && !self.client.is_closed() {
             if st.failover.is_none() {
                 st.balance_unavailable += 1;
@@ -969,7 +1039,7 @@ impl GroupInner {
         let now = Instant::now();
         let std_now = now.into_std();
         let mut out = Pending::default();
-        let mut check = false;
+        let mut check = None;
         {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
@@ -983,6 +1053,7 @@ impl GroupInner {
                 || self.closed.load(Ordering::Acquire)
                 || self.client.is_closed();
             let mut change = None;
+            let mut lost = false;
             if local {
                 s.open = open;
             } else if open && !s.open {
@@ -991,33 +1062,40 @@ impl GroupInner {
                     s.reopened += 1;
                 }
                 s.ever_open = true;
-                check = !self.config.check_interval.is_zero() && !s.checking;
-                s.checking |= check;
+                // Every connection that opens is checked at once, whatever
+                // the check interval: a dead member recovers through it.
+                if !s.checking {
+                    check = entry.open_peer();
+                    s.checking = check.is_some();
+                }
             } else if !open && s.open {
                 s.open = false;
                 s.losses += 1;
                 s.breaker.trip(std_now);
                 change = s.health.record_failure(ErrorCategory::Reset, std_now);
-                if st.failover.is_none() && st.members.iter().enumerate().any(|(i, m)| i != member && m.usable(now)) {
-                    st.balance_failovers += 1;
-                }
+                lost = true;
             } else if let Slot::Failed(e) = slot {
                 s.failed_establishments += 1;
                 s.last_error = Some(e.to_string());
                 change = s.health.record_failure(category(e), std_now);
             }
-            let s = &mut st.members[member];
+            if lost {
+                if let Some(b) = &mut st.balancer {
+                    b.record(&member, false, std_now);
+                    if st.members.iter().enumerate().any(|(i, m)| i != member && m.usable(now)) {
+                        st.balance_failovers += 1;
+                    }
+                }
+            }
             if let Some(change) = change {
                 out.events.push((Some(member), change.to_event()));
             }
-            drain_breaker(member, &mut s.breaker, &mut out);
+            drain_breaker(member, &mut st.members[member].breaker, &mut out);
             self.refresh(st, now, &mut out);
         }
         self.flush(out);
-        if check {
-            if let Some(peer) = entry.open_peer() {
-                self.spawn_check(member, peer);
-            }
+        if let Some(peer) = check {
+            self.spawn_check(member, peer);
         }
     }
 
@@ -1028,10 +1106,9 @@ impl GroupInner {
         let result = {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
+            st.failover.as_ref()?;
+            sync_failover(st, now, &mut out);
             let machine = st.failover.as_mut()?;
-            for (i, m) in st.members.iter().enumerate() {
-                machine.set_available(i, m.usable(now), now.into_std());
-            }
             let result = f(machine, now.into_std());
             drain_failover(machine, &mut out);
             self.refresh(st, now, &mut out);
@@ -1067,14 +1144,15 @@ impl GroupInner {
         breakers.chain(failback).map(Instant::from_std).filter(|t| *t > now).min()
     }
 
-    /// One DWR health check on every open member not already being checked.
-    fn check_all(&self) {
+    /// One DWR health check on every open member not already being checked
+    /// (only the dead ones with `dead_only`).
+    fn check_all(&self, dead_only: bool) {
         let peers: Vec<(usize, Peer)> = {
             let mut st = lock(&self.state);
             st.members
                 .iter_mut()
                 .enumerate()
-                .filter(|(_, s)| !s.checking)
+                .filter(|(_, s)| !s.checking && (!dead_only || s.health.status() == HealthStatus::Dead))
                 .filter_map(|(i, s)| {
                     let peer = s.entry.as_ref()?.open_peer()?;
                     s.checking = true;
@@ -1087,49 +1165,85 @@ impl GroupInner {
         }
     }
 
+    /// Sends a DWR to `member` on `peer`; its `checking` flag is already set.
     fn spawn_check(&self, member: usize, peer: Peer) {
         let c = &self.client.config().connection;
         let dwr = Message::request(apps::COMMON, commands::DEVICE_WATCHDOG)
             .avp(avps::ORIGIN_HOST, c.peer.origin_host.as_str())
             .avp(avps::ORIGIN_REALM, c.peer.origin_realm.as_str())
             .build();
-        let timeout = c.peer.watchdog.dwr_timeout.min(self.config.check_interval.max(Duration::from_millis(1)));
+        let timeout = c.peer.watchdog.dwr_timeout.min(self.check_period());
         let group = self.me.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let outcome = peer.send_until(dwr, started + timeout).await;
             if let Some(g) = group.upgrade() {
-                g.check_done(member, &outcome, started.elapsed());
+                g.check_done(member, peer, &outcome, started.elapsed());
             }
         });
     }
 
-    fn check_done(&self, member: usize, outcome: &Reply, latency: Duration) {
+    /// How often the timer runs checks: the check interval, or
+    /// [`DEAD_CHECK_INTERVAL`] (dead members only) when checks are off.
+    fn check_period(&self) -> Duration {
+        if self.config.check_interval.is_zero() {
+            DEAD_CHECK_INTERVAL
+        } else {
+            self.config.check_interval
+        }
+    }
+
+    fn check_done(&self, member: usize, peer: Peer, outcome: &Reply, latency: Duration) {
         let now = Instant::now();
+        let std_now = now.into_std();
         let mut out = Pending::default();
+        let again;
         {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
             let s = &mut st.members[member];
-            s.checking = false;
-            let change = match outcome {
-                Ok(dwa) => match result_code(dwa) {
-                    Some(rc) if result_codes::class(rc) == 2 => s.health.record_success(latency, now.into_std()),
-                    Some(rc) => s.health.record_failure(ErrorCategory::Application(rc), now.into_std()),
-                    None => s.health.record_failure(ErrorCategory::Protocol, now.into_std()),
+            let change = match (outcome, verdict(outcome)) {
+                (Ok(dwa), _) => match result_code(dwa) {
+                    Some(rc) if result_codes::class(rc) == 2 => s.health.record_success(latency, std_now),
+                    Some(rc) => s.health.record_failure(ErrorCategory::Application(rc), std_now),
+                    None => s.health.record_failure(ErrorCategory::Protocol, std_now),
                 },
-                // A lost connection is the watcher's to record.
-                Err(Unanswered { error: Error::ConnectionLost(_) | Error::Closed, .. }) => None,
-                Err(u) => s.health.record_failure(category(&u.error), now.into_std()),
+                (Err(_), Verdict::Failure(category)) => s.health.record_failure(category, std_now),
+                // A lost connection is the watcher's to record; local waits
+                // say nothing about the peer.
+                (Err(_), _) => None,
             };
+            // A dead member that answered is checked again at once until it
+            // has recovered (at most the health recovery threshold of DWRs).
+            again = outcome.is_ok() && s.health.status() == HealthStatus::Dead && s.open;
+            s.checking = again;
             if let Some(change) = change {
                 out.events.push((Some(member), change.to_event()));
                 self.refresh(st, now, &mut out);
             }
         }
         self.flush(out);
+        if again {
+            self.spawn_check(member, peer);
+        }
     }
 }
+
+/// Keeps the failover machine in step with the members' usability and runs
+/// its due failback (failover mode only).
+fn sync_failover(st: &mut GroupState, now: Instant, out: &mut Pending) {
+    let std_now = now.into_std();
+    if let Some(f) = &mut st.failover {
+        for (i, m) in st.members.iter().enumerate() {
+            f.set_available(i, m.usable(now), std_now);
+        }
+        f.handle_timeout(std_now);
+        drain_failover(f, out);
+    }
+}
+
+/// How often dead members are checked when the periodic checks are off.
+const DEAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 fn drain_breaker(member: usize, breaker: &mut CircuitBreaker, out: &mut Pending) {
     while let Some(ev) = breaker.poll_event() {
@@ -1210,9 +1324,9 @@ async fn watch_member(group: Weak<GroupInner>, member: usize, mut shutdown: watc
 /// Runs the group's timers: breaker open waits ending, failbacks falling
 /// due, and the periodic DWR checks. It holds the group only between waits.
 async fn timer(group: Weak<GroupInner>, rearm: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    let Some(interval) = group.upgrade().map(|g| g.config.check_interval) else { return };
-    // Zero turns the checks off: only the other timers wake the task.
-    let period = if interval.is_zero() { Duration::from_secs(3600) } else { interval };
+    let Some((interval, period)) = group.upgrade().map(|g| (g.config.check_interval, g.check_period())) else {
+        return;
+    };
     let mut next_check = Instant::now() + period;
     loop {
         let wake = match group.upgrade() {
@@ -1232,9 +1346,7 @@ async fn timer(group: Weak<GroupInner>, rearm: Arc<Notify>, mut shutdown: watch:
         out.rearm = false;
         g.flush(out);
         if now >= next_check {
-            if !interval.is_zero() {
-                g.check_all();
-            }
+            g.check_all(interval.is_zero());
             next_check = now + period;
         }
     }

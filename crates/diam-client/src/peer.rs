@@ -52,6 +52,13 @@ pub(crate) fn seed() -> u64 {
     diam_link::backoff::SplitMix64::from_entropy().next_u64()
 }
 
+/// `timeout` from now; a timeout too large to represent means "no
+/// deadline" (a century).
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -142,7 +149,7 @@ impl Peer {
     /// Dropping the returned future cancels the request safely: its slot
     /// is released when the answer arrives or its deadline passes.
     pub async fn send_with_timeout(&self, request: Message, timeout: Duration) -> Result<Message, Error> {
-        self.send_until(request, Instant::now() + timeout).await.map_err(|u| u.error)
+        self.send_until(request, deadline_after(timeout)).await.map_err(|u| u.error)
     }
 
     /// Sends and waits for the answer until `deadline`, reporting whether an
@@ -171,7 +178,7 @@ impl Peer {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(Error::Overloaded),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
         };
-        let reply = self.submit(request, Instant::now() + self.inner.request_timeout, permit)?;
+        let reply = self.submit(request, deadline_after(self.inner.request_timeout), permit)?;
         Ok(async move { reply.await.map_err(|u| u.error) })
     }
 

@@ -294,6 +294,30 @@ pub struct ConnectionSnapshot {
     pub age: Duration,
 }
 
+/// One request's place in the pool's accounting: its outcome is counted
+/// exactly once, so `requests == answers + errors + timeouts` holds even when
+/// a caller drops its future.
+pub(crate) struct Counted<'a> {
+    client: &'a AddressClient,
+    done: bool,
+}
+
+impl Counted<'_> {
+    /// Counts the outcome.
+    pub(crate) fn finish(mut self, result: &Result<Message, Error>) {
+        self.done = true;
+        self.client.count_outcome(result);
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.client.count_outcome(&Err(Error::Cancelled));
+        }
+    }
+}
+
 /// Handles of the per-request counters, resolved once (with a recorder
 /// installed, `counter!` by name is a registry lookup on every call).
 struct RequestMetrics {
@@ -424,20 +448,22 @@ impl AddressClient {
         request: Message,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        self.count_request();
+        let counted = self.start_request();
         let result = self.send_inner(addr, request, timeout).await;
-        self.count_outcome(&result);
+        counted.finish(&result);
         result
     }
 
-    /// Counts a request submitted (through the pool or a group on it).
-    pub(crate) fn count_request(&self) {
+    /// Counts a request submitted (through the pool or a group on it); its
+    /// outcome is counted by [`Counted::finish`], or as cancelled when the
+    /// caller drops the future first.
+    pub(crate) fn start_request(&self) -> Counted<'_> {
         self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
         self.inner.metrics.requests.increment(1);
+        Counted { client: self, done: false }
     }
 
-    /// Counts how a request counted by [`count_request`](Self::count_request) ended.
-    pub(crate) fn count_outcome(&self, result: &Result<Message, Error>) {
+    fn count_outcome(&self, result: &Result<Message, Error>) {
         match result {
             Ok(_) => {
                 self.inner.counters.answers.fetch_add(1, Ordering::Relaxed);
@@ -477,7 +503,7 @@ impl AddressClient {
                 }
             }
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::peer::deadline_after(timeout);
         let peer = match tokio::time::timeout_at(deadline, self.ready_peer(addr)).await {
             Ok(p) => p?,
             Err(_) => return Err(Error::Timeout),

@@ -15,7 +15,7 @@ use diam_link::balance::Strategy;
 use diam_link::breaker::{BreakerConfig, BreakerEvent, BreakerState};
 use diam_link::events::{Event, EventData, EventKind};
 use diam_link::failover::{FailoverConfig, FailoverEvent, FailoverState};
-use diam_link::health::HealthStatus;
+use diam_link::health::{HealthConfig, HealthStatus};
 use diam_proto::{avps, Message};
 use tokio::task::JoinSet;
 
@@ -355,4 +355,113 @@ async fn config_is_validated() {
     assert!(PeerGroup::new(&client, [a], c).unwrap_err().is_invalid_config());
     let c = GroupConfig::failover(FailoverConfig::default().failback_after(Duration::ZERO));
     assert!(PeerGroup::new(&client, [a], c).unwrap_err().is_invalid_config());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_member_recovers_through_checks_even_with_periodic_checks_off() {
+    let servers = peers(2, Duration::ZERO).await;
+    let client = pool();
+    let mut config = GroupConfig::balance(Strategy::RoundRobin);
+    config.health = HealthConfig::default().failure_threshold(1).dead_threshold(2);
+    config.check_interval = Duration::ZERO;
+    let group = PeerGroup::new(&client, addrs(&servers), config).unwrap();
+    all_usable(&group).await;
+    servers[0].answer_with(3002); // DIAMETER_UNABLE_TO_DELIVER
+    for n in 0..4 {
+        let _ = group.send(ccr(n, true)).await.unwrap();
+    }
+    assert_eq!(group.health_statistics()[0].health.status, HealthStatus::Dead);
+    servers[0].answer_with(0);
+    send_sequentially(&group, 4).await;
+    assert_eq!(servers[0].requests(), 2, "a dead member gets no traffic");
+    // Dead members are still checked (every 5 s), back to back once they answer.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stats = group.health_statistics();
+    assert_ne!(stats[0].health.status, HealthStatus::Dead, "{stats:?}");
+    send_sequentially(&group, 4).await;
+    assert_eq!(servers[0].requests(), 4, "back in the rotation");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_probe_lets_the_next_request_through_at_once() {
+    let server = TestPeer::start(Duration::from_secs(1)).await;
+    let client = pool();
+    let mut config = GroupConfig::balance(Strategy::RoundRobin);
+    config.breaker = BreakerConfig::default().consecutive_failures(1);
+    config.breaker_open_min = Duration::from_secs(10);
+    config.check_interval = Duration::ZERO;
+    let group = PeerGroup::new(&client, [server.addr], config).unwrap();
+    all_usable(&group).await;
+    server.answer_with(3004);
+    let _ = group.send(ccr(0, true)).await.unwrap();
+    assert_eq!(group.health_statistics()[0].breaker, BreakerState::Open);
+    server.answer_with(0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The probe, whose caller will give up on it.
+    let g = group.clone();
+    let probe = tokio::spawn(async move { g.send_with_timeout(ccr(1, true), Duration::from_secs(60)).await });
+    while server.requests() < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let g = group.clone();
+    let next = tokio::spawn(async move { g.send_with_timeout(ccr(2, true), Duration::from_secs(60)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server.requests(), 2, "the next request waits while the probe is out");
+    probe.abort();
+    // Sent at once, not at the next timer (5 s away: dead-member checks).
+    for _ in 0..50 {
+        if server.requests() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(server.requests(), 3, "the freed probe slot went to the waiting request");
+    let answer = next.await.unwrap().unwrap();
+    assert_eq!(answer.get(avps::RESULT_CODE).unwrap(), Some(2001));
+    assert_eq!(group.health_statistics()[0].breaker, BreakerState::Closed);
+    let s = group.stats();
+    assert_eq!(s.requests, s.answers + s.errors + s.timeouts, "the abandoned request is counted: {s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_request_is_counted_once_even_when_its_caller_gives_up() {
+    let server = TestPeer::start(Duration::from_secs(3600)).await;
+    let client = pool();
+    let group = PeerGroup::new(&client, [server.addr], GroupConfig::default()).unwrap();
+    all_usable(&group).await;
+    for n in 0..5 {
+        let r = tokio::time::timeout(Duration::from_millis(10), group.send(ccr(n, true))).await;
+        assert!(r.is_err(), "the caller gave up");
+    }
+    let s = group.stats();
+    assert_eq!((s.requests, s.errors), (5, 5), "{s:?}");
+    let p = client.stats();
+    assert_eq!(p.requests, p.answers + p.errors + p.timeouts, "{p:?}");
+    assert_eq!(p.errors_by_kind, [("cancelled", 5)]);
+    assert_eq!(group.health_statistics()[0].in_flight, 0);
+    // A timeout too large to represent is "no deadline", not a panic.
+    server.answer_with(0);
+    let g = group.clone();
+    let far = tokio::spawn(async move { g.send_with(ccr(9, true), SendOptions::new().timeout(Duration::MAX)).await });
+    tokio::time::sleep(Duration::from_secs(7200)).await;
+    assert!(far.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn group_traffic_keeps_idle_connections_alive() {
+    let server = TestPeer::start(Duration::ZERO).await;
+    let mut c = PoolConfig::new("client.test", "test");
+    c.connection.peer.auth_application_ids = vec![4];
+    c.idle_timeout = Duration::from_secs(60);
+    let client = AddressClient::new(c).unwrap();
+    let mut config = GroupConfig::default();
+    config.check_interval = Duration::ZERO;
+    let group = PeerGroup::new(&client, [server.addr], config).unwrap();
+    all_usable(&group).await;
+    for n in 0..18 {
+        group.send(ccr(n, true)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    assert_eq!(client.stats().idle_closures, 0);
+    assert_eq!(server.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

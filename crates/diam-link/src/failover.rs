@@ -18,8 +18,10 @@
 //! The rules:
 //!
 //! * When the active member becomes unavailable, the most preferred available member
-//!   takes over (the primary first, then secondaries in order): `FailingOver` to a
-//!   secondary, `FailingBack` to the primary. The first [`confirm`](Failover::confirm)ed
+//!   takes over ([`preference`](Failover::preference): the primary first, then the
+//!   secondaries in order; but when a secondary fails, or during a manual hold, the
+//!   other secondaries come before the primary): `FailingOver` to a secondary,
+//!   `FailingBack` to the primary. The first [`confirm`](Failover::confirm)ed
 //!   answer from it completes the switch (`Secondary` or `Primary`). With no member
 //!   available the state is `Unavailable`; the first member to become available then
 //!   takes over directly.
@@ -445,9 +447,22 @@ impl Failover {
         }
     }
 
+    /// The members in the order they should take traffic now: the primary
+    /// first, then the secondaries in order; but while traffic is on a
+    /// secondary (or held off the primary by a manual failover) the other
+    /// secondaries come before the primary, which only gets traffic back by a
+    /// failback (or when no secondary is left). Use it to pick a substitute
+    /// when the active member cannot take a particular request.
+    pub fn preference(&self) -> impl Iterator<Item = usize> {
+        let n = self.members.len();
+        let primary_last = self.held || self.active.is_some_and(|a| a != 0);
+        let (first, rest) = if primary_last { (1, 0..1) } else { (0, 0..0) };
+        (first..n).chain(rest)
+    }
+
     /// The most preferred available member, skipping `except`.
     fn best_available(&self, except: Option<usize>) -> Option<usize> {
-        (0..self.members.len()).find(|&i| Some(i) != except && self.members[i].up_since.is_some())
+        self.preference().find(|&i| Some(i) != except && self.members[i].up_since.is_some())
     }
 
     fn switch_away(&mut self, failed: usize, reason: FailoverReason, now: Instant) {

@@ -261,3 +261,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_held_or_failed_secondary_prefers_the_other_secondaries() {
+    let t0 = Instant::now();
+    let mut f = Failover::new(3, FailoverConfig::default()).unwrap();
+    for m in 0..3 {
+        f.set_available(m, true, t0);
+    }
+    assert_eq!(f.preference().collect::<Vec<_>>(), [0, 1, 2]);
+    // Held on member 1: when it fails, traffic goes to 2, not to the primary.
+    assert_eq!(f.failover(t0), Some(1));
+    assert_eq!(f.preference().collect::<Vec<_>>(), [1, 2, 0]);
+    f.set_available(1, false, t0 + S);
+    assert_eq!((f.state(), f.active()), (FailingOver, Some(2)));
+    // Without a hold, a failing secondary also goes to the next secondary while
+    // the primary serves out its stable period.
+    let mut f = Failover::new(3, FailoverConfig::default()).unwrap();
+    for m in 0..3 {
+        f.set_available(m, true, t0);
+    }
+    f.set_available(0, false, t0);
+    f.set_available(0, true, t0 + S);
+    f.set_available(1, false, t0 + 2 * S);
+    assert_eq!(f.active(), Some(2));
+    // The last secondary gone: the primary it is.
+    f.set_available(2, false, t0 + 3 * S);
+    assert_eq!((f.state(), f.active()), (FailingBack, Some(0)));
+}
