@@ -454,8 +454,7 @@ async fn group_traffic_keeps_idle_connections_alive() {
     c.connection.peer.auth_application_ids = vec![4];
     c.idle_timeout = Duration::from_secs(60);
     let client = AddressClient::new(c).unwrap();
-    let mut config = GroupConfig::default();
-    config.check_interval = Duration::ZERO;
+    let config = GroupConfig { check_interval: Duration::ZERO, ..GroupConfig::default() };
     let group = PeerGroup::new(&client, [server.addr], config).unwrap();
     all_usable(&group).await;
     for n in 0..18 {
