@@ -174,6 +174,14 @@ pub(crate) struct Entry {
     first_connected: AtomicBool,
 }
 
+/// The slot's connection, when it is open for requests.
+fn open(slot: &Slot) -> Option<&Peer> {
+    match slot {
+        Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent) => Some(p),
+        _ => None,
+    }
+}
+
 impl Entry {
     pub(crate) fn peer(&self) -> Option<Peer> {
         match &*self.slot.borrow() {
@@ -185,15 +193,12 @@ impl Entry {
     /// The connection, when it is open for requests (watchdog OKAY, or a DWR
     /// outstanding).
     pub(crate) fn open_peer(&self) -> Option<Peer> {
-        match &*self.slot.borrow() {
-            Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent) => Some(p.clone()),
-            _ => None,
-        }
+        open(&self.slot.borrow()).cloned()
     }
 
-    /// Whether the connection is open for requests.
+    /// Whether the connection is open for requests (without cloning it).
     pub(crate) fn is_open(&self) -> bool {
-        matches!(&*self.slot.borrow(), Slot::Ready(p) if matches!(p.state(), PeerState::Open | PeerState::DwrSent))
+        open(&self.slot.borrow()).is_some()
     }
 
     /// The last error seen on this address.
