@@ -116,6 +116,20 @@ impl FrameDecoder {
             FrameStatus::Complete { len } => Message::decode(src.split_to(len).freeze()).map(Some),
         }
     }
+
+    /// Like [`decode`](Self::decode), but checks only the frame (header
+    /// and length), not the AVPs: `Err` means the stream is corrupt,
+    /// while a message with bad AVPs comes out for
+    /// [`crate::check`] to judge.
+    pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Message>, DecodeError> {
+        match check_frame(src, self.max_size)? {
+            FrameStatus::Incomplete { need } => {
+                src.reserve(need);
+                Ok(None)
+            }
+            FrameStatus::Complete { len } => Message::decode_frame(src.split_to(len).freeze()).map(Some),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod avp;
+pub mod check;
 mod codes;
 pub mod dict;
 mod error;
@@ -47,6 +48,7 @@ mod header;
 mod message;
 pub mod peer;
 pub mod types;
+pub mod uri;
 pub mod watchdog;
 
 pub use avp::{Avp, AvpFlags, AvpIter};

@@ -126,6 +126,23 @@ impl Message {
         Ok(Message { header, buf })
     }
 
+    /// Takes one whole frame as a message, checking only its header and
+    /// length (not its AVPs): what a connection does before
+    /// [`crate::check::check_request`] or [`crate::check::check_answer`]
+    /// decide what a malformed message costs (RFC 6733 §7), so that one
+    /// bad AVP does not take down the connection.
+    pub fn decode_frame(buf: Bytes) -> Result<Message, DecodeError> {
+        let header = Header::parse(&buf)?;
+        let length = header.length as usize;
+        if buf.len() < length {
+            return Err(DecodeError::Truncated { offset: 0, length: header.length, available: buf.len() });
+        }
+        if buf.len() > length {
+            return Err(DecodeError::TrailingBytes { offset: length, extra: buf.len() - length });
+        }
+        Ok(Message { header, buf })
+    }
+
     /// Starts a request (R flag set) for `application_id` and `command_code`.
     ///
     /// Hop-by-Hop and End-to-End identifiers are zero until set; the peer
