@@ -324,13 +324,59 @@ pub enum CloseReason {
     /// A write made no progress within the write timeout (the peer stopped
     /// reading).
     WriteTimeout,
+    /// The transport could not be opened (refused, unreachable, timed out,
+    /// the name did not resolve).
+    DialFailed {
+        /// What the transport layer said.
+        message: String,
+    },
+    /// Election (RFC 6733 §5.6.4): this connection was closed because the
+    /// other connection to the same peer was kept.
+    Election,
+    /// The peer's Origin-Host is not the identity configured for it.
+    IdentityMismatch {
+        /// The configured identity.
+        expected: String,
+        /// What the peer sent.
+        received: String,
+    },
+    /// This connection was replaced by a newer one to the same peer
+    /// (lifetime rotation) and closed after draining.
+    Replaced,
 }
 
 impl CloseReason {
     /// Whether this ends the connection cleanly (DPR/DPA) rather than by
     /// failure.
     pub fn is_clean(&self) -> bool {
-        matches!(self, CloseReason::LocalDisconnect { .. } | CloseReason::PeerDisconnected { .. })
+        matches!(
+            self,
+            CloseReason::LocalDisconnect { .. }
+                | CloseReason::PeerDisconnected { .. }
+                | CloseReason::Election
+                | CloseReason::Replaced
+        )
+    }
+
+    /// A short stable name of the reason, for metrics and JSON:
+    /// `handshake_failed`, `handshake_timeout`, `watchdog`, `peer_dpr`,
+    /// `local_dpr`, `transport_closed`, `protocol_error`, `write_timeout`,
+    /// `dial_failed`, `election`, `identity_mismatch`, `replaced`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            CloseReason::HandshakeFailed { .. } => "handshake_failed",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::WatchdogDown { .. } => "watchdog",
+            CloseReason::PeerDisconnected { .. } => "peer_dpr",
+            CloseReason::LocalDisconnect { .. } => "local_dpr",
+            CloseReason::TransportClosed => "transport_closed",
+            CloseReason::ProtocolError(_) => "protocol_error",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::DialFailed { .. } => "dial_failed",
+            CloseReason::Election => "election",
+            CloseReason::IdentityMismatch { .. } => "identity_mismatch",
+            CloseReason::Replaced => "replaced",
+        }
     }
 
     /// Whether the peer asked us not to come back soon: DPR with BUSY or
@@ -349,7 +395,7 @@ impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CloseReason::HandshakeFailed { result_code, message: Some(m) } => {
-                write!(f, "capabilities exchange failed with Result-Code {result_code} ({m})")
+                write!(f, "capabilities exchange failed with Result-Code {result_code} ({})", crate::Escaped(m))
             }
             CloseReason::HandshakeFailed { result_code, message: None } => {
                 write!(f, "capabilities exchange failed with Result-Code {result_code}")
@@ -364,11 +410,19 @@ impl std::fmt::Display for CloseReason {
             },
             CloseReason::LocalDisconnect { cause, .. } => write!(f, "local disconnect ({})", cause_name(*cause)),
             CloseReason::TransportClosed => f.write_str("transport closed"),
-            CloseReason::ProtocolError(m) => write!(f, "protocol error: {m}"),
+            CloseReason::ProtocolError(m) => write!(f, "protocol error: {}", crate::Escaped(m)),
             CloseReason::WriteTimeout => f.write_str("write timed out (peer not reading)"),
+            CloseReason::DialFailed { message } => write!(f, "connecting failed: {message}"),
+            CloseReason::Election => f.write_str("closed by election (the other connection to the peer was kept)"),
+            CloseReason::IdentityMismatch { expected, received } => {
+                write!(f, "the peer identifies as {} instead of {expected}", crate::Escaped(received))
+            }
+            CloseReason::Replaced => f.write_str("replaced by a newer connection"),
         }
     }
 }
+
+impl std::error::Error for CloseReason {}
 
 /// The RFC 6733 name of a Disconnect-Cause value.
 pub fn cause_name(cause: i32) -> &'static str {

@@ -297,6 +297,19 @@ impl Watchdog {
         self.reopen_dwas = 0;
     }
 
+    /// Sends a DWR now, ahead of Tw, when the connection is OKAY or
+    /// SUSPECT and no DWR is outstanding (a health check that stays within
+    /// the RFC 3539 algorithm: its DWA counts like any other). Returns
+    /// whether a DWR was requested.
+    pub fn probe(&mut self, now: Instant) -> bool {
+        if matches!(self.state, WatchdogState::Okay | WatchdogState::Suspect) && !self.pending {
+            self.send_dwr(now);
+            true
+        } else {
+            false
+        }
+    }
+
     /// The timer returned by [`poll_timeout`](Self::poll_timeout) fired.
     /// Calling it early does nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
