@@ -1,14 +1,18 @@
 //! Connection options.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use diam_proto::check::MandatoryAvps;
 use diam_proto::peer::PeerConfig;
+use diam_proto::psm::ReconnectPolicy;
+use diam_proto::Dictionary;
 
 use crate::Error;
 
 /// The longest timeout accepted (longer ones are configuration mistakes,
 /// and deadlines must stay representable).
-const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 
 /// Options for one peer connection (client or server side).
 ///
@@ -88,6 +92,156 @@ impl ConnectionConfig {
         }
         if self.max_message_size < diam_proto::HEADER_LEN || self.max_message_size > diam_proto::MAX_LENGTH_FIELD {
             return Err(Error::InvalidConfig("max_message_size must be between 20 bytes and 16 MiB".into()));
+        }
+        Ok(())
+    }
+}
+
+/// How a peer is reconnected. Every field has a documented default.
+///
+/// One schedule per peer: the delay grows on every failure (a refused
+/// dial, a CER timeout, a CEA other than 2001, a connection closed soon
+/// after its CEA) and starts over only after a connection stayed open for
+/// [`stable_after`](Self::stable_after).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconnectConfig {
+    /// Reconnect at all. Default true.
+    pub enabled: bool,
+    /// First delay. Default 1 s.
+    pub initial: Duration,
+    /// Longest delay. Default 60 s.
+    pub max: Duration,
+    /// Growth factor per attempt (at least 1). Default 1.5.
+    pub factor: f64,
+    /// Attempts before giving up; `None` retries forever. Default `None`
+    /// for a node's configured peers.
+    pub max_attempts: Option<u32>,
+    /// How long a connection must stay open for the schedule to start
+    /// over. Default 10 s.
+    pub stable_after: Duration,
+    /// Minimum delay after a DPR with BUSY or DO_NOT_WANT_TO_TALK_TO_YOU.
+    /// Default 60 s (RFC 6733 §5.4.3: the node SHOULD NOT reconnect).
+    pub busy_backoff: Duration,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            enabled: true,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            factor: 1.5,
+            max_attempts: None,
+            stable_after: Duration::from_secs(10),
+            busy_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ReconnectConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::InvalidConfig(m.to_string()));
+        if self.initial.is_zero() || self.initial > self.max || self.max > MAX_TIMEOUT {
+            return bad("reconnect: initial must be positive and at most max (at most 30 days)");
+        }
+        if !(self.factor >= 1.0 && self.factor.is_finite()) {
+            return bad("reconnect: factor must be a finite number of at least 1");
+        }
+        if self.busy_backoff > MAX_TIMEOUT || self.stable_after > MAX_TIMEOUT {
+            return bad("reconnect: busy_backoff and stable_after must be at most 30 days");
+        }
+        Ok(())
+    }
+
+    /// The machine's policy: exponential with equal jitter, diam-link's
+    /// backoff strategies; `None` when reconnecting is off.
+    pub(crate) fn policy(&self, seed: u64) -> Option<Box<dyn ReconnectPolicy>> {
+        use diam_link::backoff::{BackoffExt, Exponential, Jitter, SplitMix64};
+        if !self.enabled {
+            return Some(Box::new(Never));
+        }
+        let exp = Exponential::new(self.initial, self.max, self.factor).ok()?;
+        let jittered = exp.with_jitter(Jitter::Equal, SplitMix64::new(seed));
+        Some(match self.max_attempts {
+            Some(n) => Box::new(Backoff(jittered.max_attempts(n).reset_after(self.stable_after))),
+            None => Box::new(Backoff(jittered.reset_after(self.stable_after))),
+        })
+    }
+}
+
+/// A diam-link backoff strategy as the per-peer machine's reconnect policy.
+struct Backoff<B>(B);
+
+impl<B: diam_link::backoff::Backoff + Send> ReconnectPolicy for Backoff<B> {
+    fn next_delay(&mut self) -> Option<Duration> {
+        self.0.next_delay()
+    }
+    fn connection_ended(&mut self, uptime: Duration) {
+        self.0.session_ended(uptime);
+    }
+}
+
+/// Reconnecting off: the first failure is final.
+struct Never;
+
+impl ReconnectPolicy for Never {
+    fn next_delay(&mut self) -> Option<Duration> {
+        None
+    }
+    fn connection_ended(&mut self, _: Duration) {}
+}
+
+/// A node's settings. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Identity, capabilities, timers and bounds of every connection.
+    pub connection: ConnectionConfig,
+    /// How configured peers are reconnected.
+    pub reconnect: ReconnectConfig,
+    /// Most peers in the table (configured, and accepted from inbound CERs).
+    /// A CER from a new peer beyond it gets 3004 DIAMETER_TOO_BUSY.
+    /// Default 1024.
+    pub max_peers: usize,
+    /// Most inbound connections waiting for their CER at once; more are
+    /// closed at accept. Default 256.
+    pub max_pending_handshakes: usize,
+    /// Whether unknown AVPs with the M bit reject a request (5001
+    /// DIAMETER_AVP_UNSUPPORTED, RFC 6733 §4.1). Default enforced.
+    pub mandatory_avps: MandatoryAvps,
+    /// The dictionary requests are checked against; `None` uses
+    /// [`Dictionary::base`] (base protocol, Credit-Control, common 3GPP).
+    pub dictionary: Option<Arc<Dictionary>>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            connection: ConnectionConfig::default(),
+            reconnect: ReconnectConfig::default(),
+            max_peers: 1024,
+            max_pending_handshakes: 256,
+            mandatory_avps: MandatoryAvps::Enforce,
+            dictionary: None,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Defaults with the given identity.
+    pub fn new(origin_host: impl Into<String>, origin_realm: impl Into<String>) -> Self {
+        NodeConfig { connection: ConnectionConfig::new(origin_host, origin_realm), ..NodeConfig::default() }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.connection.validate()?;
+        self.reconnect.validate()?;
+        if self.max_peers == 0 || self.max_peers > 1 << 20 {
+            return Err(Error::InvalidConfig("max_peers must be between 1 and 1048576".into()));
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err(Error::InvalidConfig("max_pending_handshakes must be at least 1".into()));
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 
 use std::io;
 
-use diam_proto::peer::{CloseReason, PeerState};
+use diam_proto::peer::CloseReason;
+use diam_proto::psm::PeerState;
+use diam_proto::DecodeError;
 
 /// Why a request, a connection or a server operation failed.
 ///
@@ -14,18 +16,27 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// The TCP connection could not be made.
+    /// The transport connection could not be made.
     #[error("connecting to {addr}: {source}")]
     Connect {
         /// The address dialled.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The transport connection was not made within the connect timeout.
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(String),
+    /// A listening socket could not be opened.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
         addr: std::net::SocketAddr,
         /// The I/O error.
         #[source]
         source: io::Error,
     },
-    /// The TCP connection was not made within the connect timeout.
-    #[error("connecting to {0}: timed out")]
-    ConnectTimeout(std::net::SocketAddr),
     /// The peer answered our CER with an error Result-Code (e.g. 5010 no
     /// common application, 3010 unknown peer).
     #[error("capabilities exchange refused with Result-Code {result_code}{}", message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
@@ -55,6 +66,14 @@ pub enum Error {
     /// REOPEN, or closing).
     #[error("connection not available for requests (state {})", .0.name())]
     NotAvailable(PeerState),
+    /// The peer has no connection and none is coming: it connected to us
+    /// and went away (we have no address to dial it).
+    #[error("the peer is not connected")]
+    NotConnected,
+    /// The answer's AVPs are malformed (RFC 6733 §7): only this request
+    /// fails; the connection stays up.
+    #[error("malformed answer: {0}")]
+    MalformedAnswer(DecodeError),
     /// The message is not a request, or is too large.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
@@ -90,9 +109,14 @@ impl Clone for Error {
         match self {
             Error::InvalidConfig(s) => Error::InvalidConfig(s.clone()),
             Error::Connect { addr, source } => {
-                Error::Connect { addr: *addr, source: io::Error::new(source.kind(), source.to_string()) }
+                Error::Connect { addr: addr.clone(), source: io::Error::new(source.kind(), source.to_string()) }
             }
-            Error::ConnectTimeout(a) => Error::ConnectTimeout(*a),
+            Error::ConnectTimeout(a) => Error::ConnectTimeout(a.clone()),
+            Error::Listen { addr, source } => {
+                Error::Listen { addr: *addr, source: io::Error::new(source.kind(), source.to_string()) }
+            }
+            Error::NotConnected => Error::NotConnected,
+            Error::MalformedAnswer(e) => Error::MalformedAnswer(e.clone()),
             Error::HandshakeFailed { result_code, message } => {
                 Error::HandshakeFailed { result_code: *result_code, message: message.clone() }
             }
@@ -120,7 +144,7 @@ impl Error {
     }
     /// The connection or the pool is gone (lost or closed).
     pub fn is_closed(&self) -> bool {
-        matches!(self, Error::ConnectionLost(_) | Error::Closed | Error::PoolClosed)
+        matches!(self, Error::ConnectionLost(_) | Error::Closed | Error::PoolClosed | Error::NotConnected)
     }
     /// The configuration is invalid.
     pub fn is_invalid_config(&self) -> bool {
@@ -133,7 +157,7 @@ impl Error {
     /// A short stable name of the error's kind, for metrics and reports:
     /// `timeout`, `connection_lost`, `closed`, `handshake`, `connect`,
     /// `overloaded`, `unavailable`, `invalid`, `pool_closed`, `cancelled`,
-    /// `no_peer`, `no_route`.
+    /// `no_peer`, `no_route`, `not_connected`, `malformed_answer`, `listen`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             Error::Timeout => "timeout",
@@ -141,6 +165,9 @@ impl Error {
             Error::Closed => "closed",
             Error::HandshakeFailed { .. } | Error::HandshakeTimeout => "handshake",
             Error::Connect { .. } | Error::ConnectTimeout(_) => "connect",
+            Error::Listen { .. } => "listen",
+            Error::NotConnected => "not_connected",
+            Error::MalformedAnswer(_) => "malformed_answer",
             Error::Overloaded | Error::PoolFull(_) => "overloaded",
             Error::NotAvailable(_) | Error::Reconnecting => "unavailable",
             Error::InvalidConfig(_) | Error::InvalidRequest(_) => "invalid",
@@ -174,6 +201,9 @@ impl Error {
             }
             CloseReason::HandshakeTimeout => Error::HandshakeTimeout,
             CloseReason::LocalDisconnect { .. } => Error::Closed,
+            CloseReason::DialFailed { message } => {
+                Error::Connect { addr: String::new(), source: io::Error::other(message.clone()) }
+            }
             other => Error::ConnectionLost(other.clone()),
         }
     }

@@ -1,26 +1,27 @@
 //! [`PeerGroup`]: one logical destination served by several peers (see
 //! the type's documentation).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use diam_link::backoff::{Backoff, BackoffExt, Exponential, Jitter, SplitMix64};
-use diam_link::balance::{Balancer, Candidate, Strategy};
+use diam_link::backoff::{Backoff, Exponential, RandomSource, SplitMix64};
+use diam_link::balance::{Balancer, Candidate, Strategy, Weighted};
 use diam_link::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use diam_link::events::{ConnectionId, EventData};
 use diam_link::failover::{Failover, FailoverConfig, FailoverState};
 use diam_link::health::{ErrorCategory, HealthConfig, HealthMonitor, HealthStats, HealthStatus};
-use diam_link::Remote;
 use diam_proto::peer::result_code;
-use diam_proto::{apps, avps, commands, result_codes, Message};
+use diam_proto::psm::PeerState;
+use diam_proto::uri::PeerAddr;
+use diam_proto::{result_codes, Message};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::conn::{Reply, Unanswered};
-use crate::pool::{Counted, Entry, Slot};
-use crate::{AddressClient, Error, Peer};
+use crate::handle::{Reply, Unanswered};
+use crate::pool::Counted;
+use crate::{AddressClient, Error, PeerHandle};
 
 /// How a group spreads requests over its members.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,13 +55,12 @@ pub struct GroupConfig {
     /// Retransmit retryable requests to another member when their connection
     /// fails (RFC 6733 §5.5.4). Default true.
     pub retransmit: bool,
-    /// Interval of the DWR health checks on each open member. Default 5 s
-    /// (Tw itself is 30 s, RFC 3539; the checks are cheap and make a
-    /// recovering member usable again sooner). Zero turns the periodic checks
-    /// off, except for dead members (every 5 s): a dead member gets no
-    /// traffic, so only checks can bring it back. Whatever the interval, a
-    /// connection that opens is checked at once, and a dead member whose DWR
-    /// is answered is checked again at once until it has recovered.
+    /// How often the watchdog of a dead member is asked for an early DWR
+    /// (a dead member gets no traffic, so only its DWAs can bring it back;
+    /// each DWA that comes back asks for the next one at once, until it has
+    /// recovered). The probes go through the peer's RFC 3539 watchdog: there
+    /// is no second DWR stream, and healthy members are watched by their
+    /// watchdog's own DWRs. Default 5 s; zero means the default.
     pub check_interval: Duration,
     /// With no usable member, a request waits for one up to its timeout
     /// (true) or fails at once with [`Error::NoPeerAvailable`] (false).
@@ -104,18 +104,30 @@ impl GroupConfig {
     }
 }
 
-/// One member of a group: its address and, for the weighted strategy, its
-/// relative capacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
+enum Target {
+    Addr(PeerAddr),
+    Peer(PeerHandle),
+}
+
+/// One member of a group: a peer (by address on an [`AddressClient`], or a
+/// node's [`PeerHandle`]) and, for the weighted strategy, its relative
+/// capacity.
+#[derive(Debug, Clone)]
 pub struct GroupMember {
-    addr: SocketAddr,
+    target: Target,
     weight: u32,
 }
 
 impl GroupMember {
-    /// A member of weight 1.
-    pub fn new(addr: SocketAddr) -> Self {
-        GroupMember { addr, weight: 1 }
+    /// A member of weight 1 at `addr` (on the group's [`AddressClient`]).
+    pub fn new(addr: impl Into<PeerAddr>) -> Self {
+        GroupMember { target: Target::Addr(addr.into()), weight: 1 }
+    }
+
+    /// A member of weight 1: a peer of a [`Node`](crate::Node).
+    pub fn peer(peer: PeerHandle) -> Self {
+        GroupMember { target: Target::Peer(peer), weight: 1 }
     }
 
     /// Sets the weight (used by [`Strategy::Weighted`]).
@@ -124,16 +136,23 @@ impl GroupMember {
         self.weight = weight;
         self
     }
+}
 
-    /// The address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+impl From<std::net::SocketAddr> for GroupMember {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        GroupMember::new(addr)
     }
 }
 
-impl From<SocketAddr> for GroupMember {
-    fn from(addr: SocketAddr) -> Self {
+impl From<PeerAddr> for GroupMember {
+    fn from(addr: PeerAddr) -> Self {
         GroupMember::new(addr)
+    }
+}
+
+impl From<PeerHandle> for GroupMember {
+    fn from(peer: PeerHandle) -> Self {
+        GroupMember::peer(peer)
     }
 }
 
@@ -171,8 +190,10 @@ impl SendOptions {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct MemberHealth {
-    /// The member's address.
-    pub addr: SocketAddr,
+    /// The member (its identity once known, else its address).
+    pub peer: String,
+    /// The member's address, when it is dialled.
+    pub addr: Option<PeerAddr>,
     /// Health status and statistics.
     pub health: HealthStats,
     /// The circuit breaker's state.
@@ -200,8 +221,10 @@ pub struct MemberHealth {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct MemberReconnection {
-    /// The member's address.
-    pub addr: SocketAddr,
+    /// The member (its identity once known, else its address).
+    pub peer: String,
+    /// The member's address, when it is dialled.
+    pub addr: Option<PeerAddr>,
     /// Whether the connection is open now.
     pub open: bool,
     /// Times its open connection was lost.
@@ -222,8 +245,8 @@ pub struct MemberReconnection {
 pub struct FailoverStatistics {
     /// In failover mode, the machine's state; `None` when balancing.
     pub state: Option<FailoverState>,
-    /// The member carrying traffic (failover mode).
-    pub active: Option<SocketAddr>,
+    /// The index of the member carrying traffic (failover mode).
+    pub active: Option<usize>,
     /// Failover mode: switches away from the active member. Balancing: times a
     /// member was lost while another could take its traffic.
     pub failovers: u64,
@@ -268,9 +291,7 @@ struct MemberCounters {
 /// The fixed part of a member and its lock-free counters.
 #[derive(Debug)]
 struct Member {
-    addr: SocketAddr,
-    remote: Arc<Remote>,
-    id: ConnectionId,
+    peer: PeerHandle,
     weight: u32,
     in_flight: AtomicU32,
     counters: MemberCounters,
@@ -278,16 +299,24 @@ struct Member {
 
 /// The part of a member that changes under the group lock.
 struct MemberState {
-    entry: Option<Arc<Entry>>,
     health: HealthMonitor,
     breaker: CircuitBreaker,
+    /// The peer was `Open` at the last observation.
     open: bool,
     ever_open: bool,
-    checking: bool,
     losses: u64,
     reopened: u64,
     failed_establishments: u64,
     last_error: Option<String>,
+    /// Peer counters at the last observation (to see what changed).
+    seen_dwas: u64,
+    seen_downs: u64,
+    seen_failed: u64,
+    suspect: bool,
+    /// Failure rate and latency, for the weighted strategy (refreshed on
+    /// every outcome).
+    failure_rate: f64,
+    latency: Option<Duration>,
 }
 
 impl MemberState {
@@ -298,25 +327,56 @@ impl MemberState {
             BreakerState::Open => self.breaker.poll_timeout().is_some_and(|until| now.into_std() >= until),
             _ => true,
         };
-        breaker_up && self.health.status() != HealthStatus::Dead && self.entry.as_ref().is_some_and(|e| e.is_open())
+        breaker_up && self.health.status() != HealthStatus::Dead && self.open
+    }
+}
+
+/// The members usable now, kept current as members change (never rebuilt
+/// per request), so a pick is O(1).
+#[derive(Default)]
+struct Usable {
+    list: Vec<usize>,
+    /// Position of each member in `list`, `usize::MAX` when absent.
+    pos: Vec<usize>,
+    /// Least recently used first (the LRU strategy).
+    lru: VecDeque<usize>,
+}
+
+impl Usable {
+    fn new(members: usize) -> Self {
+        Usable { list: Vec::with_capacity(members), pos: vec![usize::MAX; members], lru: VecDeque::new() }
     }
 
-    /// Whether a request may go to the member now: usable, and the breaker
-    /// has room (a half-open breaker lets only its probes through).
-    fn pickable(&self, now: Instant) -> bool {
-        self.usable(now) && self.breaker.is_available(now.into_std())
+    fn set(&mut self, member: usize, usable: bool) {
+        let present = self.pos[member] != usize::MAX;
+        if usable && !present {
+            self.pos[member] = self.list.len();
+            self.list.push(member);
+            self.lru.push_back(member);
+        } else if !usable && present {
+            let i = self.pos[member];
+            self.list.swap_remove(i);
+            if let Some(&moved) = self.list.get(i) {
+                self.pos[moved] = i;
+            }
+            self.pos[member] = usize::MAX;
+            self.lru.retain(|&m| m != member);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
     }
 }
 
 struct GroupState {
     members: Vec<MemberState>,
-    /// Balancing mode's strategy (`None` in failover mode).
-    balancer: Option<Box<dyn Balancer<usize> + Send>>,
-    /// Whether the balancer uses failure rates and latencies (computing them
-    /// costs a pass over each member's history, so only then).
-    weighted: bool,
+    usable: Usable,
+    strategy: Option<Strategy>,
+    weighted: Option<Weighted<usize>>,
     failover: Option<Failover>,
-    candidates: Vec<Candidate<usize>>,
+    rng: SplitMix64,
+    cursor: usize,
     /// Balancing: member losses another member could absorb.
     balance_failovers: u64,
     /// Balancing: times no member was usable.
@@ -346,10 +406,10 @@ struct GroupCounters {
 }
 
 struct GroupInner {
-    /// This group, for the tasks it spawns.
-    me: Weak<GroupInner>,
     config: GroupConfig,
-    client: AddressClient,
+    /// The client whose accounting group requests join, when built on one.
+    client: Option<AddressClient>,
+    request_timeout: Duration,
     members: Vec<Member>,
     state: Mutex<GroupState>,
     /// Signalled when a member may have become usable.
@@ -363,6 +423,7 @@ struct GroupInner {
     counters: GroupCounters,
     /// `diam_group_retransmissions_total` and `diam_group_reroutes_total`.
     metrics: (metrics::Counter, metrics::Counter),
+    next_probe_seed: AtomicUsize,
 }
 
 impl Drop for GroupInner {
@@ -373,25 +434,28 @@ impl Drop for GroupInner {
 
 /// Several peers serving one destination.
 ///
-/// A group routes each request to one of its members over the connections of an
-/// [`AddressClient`], so applications stop caring which peer served them:
+/// A group routes each request to one of its members, so applications stop
+/// caring which peer served them:
 ///
+/// * **Members** are peers: addresses on an [`AddressClient`]
+///   ([`PeerGroup::new`]) or a node's [`PeerHandle`]s
+///   ([`PeerGroup::with_peers`]).
 /// * **Choosing a peer.** In [`GroupMode::Balance`] every usable member carries
-///   traffic and a [`Strategy`] picks one per request (round-robin, least recently
-///   used, random, least outstanding, or weighted by an efficiency score). In
-///   [`GroupMode::Failover`] the first member is the primary and the others are
-///   secondaries in order; traffic goes to one member at a time, as the
-///   [`Failover`] machine says (automatic failover, manual failover, optional
-///   auto-failback after a stable period).
-/// * **Usable** means: the connection is open (capabilities exchanged, watchdog
-///   OKAY or a DWR outstanding), the member's health is not `Dead`, and its
-///   circuit breaker lets requests through.
+///   traffic and a [`Strategy`] picks one per request in O(1): the usable set
+///   is kept current as members change, never rebuilt per request
+///   (round-robin over it, least recently used, random, the less loaded of two
+///   random members for least-outstanding, and for weighted the better of two
+///   by diam-link's efficiency score). In [`GroupMode::Failover`] the first
+///   member is the primary and the others are secondaries in order; traffic
+///   goes to one member at a time, as the [`Failover`] machine says.
+/// * **Usable** means: the peer is `Open` (capabilities exchanged, watchdog
+///   OKAY: SUSPECT and REOPEN members get nothing), its health is not `Dead`,
+///   and its circuit breaker lets requests through.
 /// * **Health** per member ([`HealthMonitor`]) comes from live traffic (answers
-///   with their latency, timeouts, 3xxx protocol-error answers), from each
-///   connection loss or failed establishment (counted once, not once per request
-///   it took down), and from a DWR sent every [`GroupConfig::check_interval`]
-///   (and at once whenever a connection opens). A request that timed out
-///   before it could be written (a local wait) says nothing about the peer.
+///   with their latency, timeouts, 3xxx protocol-error answers), from the
+///   peer's RFC 3539 watchdog (each DWA with its round-trip time, each SUSPECT),
+///   and from each connection loss or failed attempt (counted once). A dead
+///   member's watchdog is asked for early DWRs ([`GroupConfig::check_interval`]).
 /// * **Circuit breaker** per member ([`CircuitBreaker`]): opened by consecutive
 ///   failures or a failure rate, and at once by a connection loss; its open wait
 ///   grows from [`GroupConfig::breaker_open_min`] to
@@ -400,9 +464,8 @@ impl Drop for GroupInner {
 ///   outstanding and the request is retryable (the P flag, or
 ///   [`SendOptions::retryable`]), it is re-sent once to another member with the T
 ///   flag set and the same End-to-End identifier. Other requests fail with
-///   [`Error::ConnectionLost`]. A request that never reached the connection's
-///   write path (the connection was already failing) is sent to another member
-///   as it is, once, retryable or not: no peer can have seen it.
+///   [`Error::ConnectionLost`]. A request that never reached a connection is
+///   sent to another member as it is, once, retryable or not: no peer saw it.
 ///
 /// # Duplicates
 ///
@@ -418,8 +481,7 @@ impl Drop for GroupInner {
 /// Every request ends with an answer or a typed error by its deadline; a
 /// retransmission uses what is left of the original timeout.
 ///
-/// Cloning is cheap; clones share the group. The connections belong to the
-/// [`AddressClient`] the group was built on (several groups may share one).
+/// Cloning is cheap; clones share the group.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), diam_client::Error> {
@@ -459,12 +521,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The health category of a failed establishment or lost connection.
-fn category(e: &Error) -> ErrorCategory {
+/// The health category of a failed attempt or lost connection.
+fn category(e: Option<&Error>) -> ErrorCategory {
     match e {
-        Error::Connect { .. } => ErrorCategory::Refused,
-        Error::ConnectTimeout(_) | Error::HandshakeTimeout | Error::Timeout => ErrorCategory::Timeout,
-        Error::HandshakeFailed { .. } | Error::InvalidRequest(_) => ErrorCategory::Protocol,
+        Some(Error::Connect { .. }) => ErrorCategory::Refused,
+        Some(Error::ConnectTimeout(_) | Error::HandshakeTimeout | Error::Timeout) => ErrorCategory::Timeout,
+        Some(Error::HandshakeFailed { .. } | Error::InvalidRequest(_)) => ErrorCategory::Protocol,
         _ => ErrorCategory::Reset,
     }
 }
@@ -476,7 +538,6 @@ fn category(e: &Error) -> ErrorCategory {
 struct Attempt<'a> {
     group: &'a GroupInner,
     member: usize,
-    peer: Peer,
     /// The breaker was half-open when this request was let through.
     probe: bool,
     recorded: bool,
@@ -492,16 +553,18 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// A group request's place in the group's and the pool's accounting: its
+/// A group request's place in the group's and the client's accounting: its
 /// outcome is counted exactly once, as cancelled when the caller drops the
 /// future first.
 struct Outcome<'a> {
     group: &'a GroupInner,
     pool: Option<Counted<'a>>,
+    done: bool,
 }
 
 impl Outcome<'_> {
     fn finish(mut self, result: &Result<Message, Error>) {
+        self.done = true;
         let c = &self.group.counters;
         match result {
             Ok(_) => c.answers.fetch_add(1, Ordering::Relaxed),
@@ -516,8 +579,9 @@ impl Outcome<'_> {
 
 impl Drop for Outcome<'_> {
     fn drop(&mut self) {
-        if self.pool.is_some() {
-            // Not finished: the pool's guard counts it as cancelled.
+        if !self.done {
+            // Not finished: counted as an error here, as cancelled by the
+            // client's own guard.
             self.group.counters.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -525,23 +589,61 @@ impl Drop for Outcome<'_> {
 
 impl PeerGroup {
     /// A group of `members` (in order of preference for failover mode) on
-    /// `client`'s connections. Validates the configuration, then starts
-    /// dialling every member; must be called inside a tokio runtime.
+    /// `client`'s connections: each address gets a connection of the client
+    /// that is kept up (reconnected without giving up, never closed for
+    /// idleness). Members may also be node peers ([`GroupMember::peer`]).
+    /// Validates the configuration, then starts dialling every member; must be
+    /// called inside a tokio runtime.
     ///
     /// Fails with [`Error::InvalidConfig`] for no members, more than 1024, a
-    /// repeated address, or invalid health, breaker or failover settings.
+    /// repeated member, or invalid health, breaker or failover settings.
     pub fn new<M: Into<GroupMember>>(
         client: &AddressClient,
         members: impl IntoIterator<Item = M>,
         config: GroupConfig,
     ) -> Result<PeerGroup, Error> {
         let members: Vec<GroupMember> = members.into_iter().map(Into::into).collect();
-        if members.is_empty() || members.len() > MAX_MEMBERS {
-            return Err(Error::InvalidConfig(format!("a peer group needs 1 to {MAX_MEMBERS} members")));
+        let mut resolved = Vec::with_capacity(members.len());
+        check_count(members.len())?;
+        for m in members {
+            let peer = match m.target {
+                Target::Addr(a) => client.peer(a)?,
+                Target::Peer(p) => p,
+            };
+            resolved.push((peer, m.weight));
         }
-        for (i, m) in members.iter().enumerate() {
-            if members[..i].iter().any(|o| o.addr == m.addr) {
-                return Err(Error::InvalidConfig(format!("{} appears twice in the peer group", m.addr)));
+        Self::build(Some(client.clone()), resolved, config, client.config().connection.request_timeout)
+    }
+
+    /// A group of node peers (in order of preference for failover mode).
+    pub fn with_peers<M: Into<GroupMember>>(
+        members: impl IntoIterator<Item = M>,
+        config: GroupConfig,
+    ) -> Result<PeerGroup, Error> {
+        let members: Vec<GroupMember> = members.into_iter().map(Into::into).collect();
+        check_count(members.len())?;
+        let mut resolved = Vec::with_capacity(members.len());
+        for m in members {
+            match m.target {
+                Target::Peer(p) => resolved.push((p, m.weight)),
+                Target::Addr(a) => {
+                    return Err(Error::InvalidConfig(format!("{a}: an address member needs PeerGroup::new on a client")))
+                }
+            }
+        }
+        let timeout = resolved.first().map_or(Duration::from_secs(5), |(p, _)| p.shared.request_timeout);
+        Self::build(None, resolved, config, timeout)
+    }
+
+    fn build(
+        client: Option<AddressClient>,
+        members: Vec<(PeerHandle, u32)>,
+        config: GroupConfig,
+        request_timeout: Duration,
+    ) -> Result<PeerGroup, Error> {
+        for (i, (m, _)) in members.iter().enumerate() {
+            if members[..i].iter().any(|(o, _)| o.id() == m.id()) {
+                return Err(Error::InvalidConfig(format!("{} appears twice in the peer group", m.shared.label())));
             }
         }
         if config.breaker_open_min.is_zero() || config.breaker_open_min > config.breaker_open_max {
@@ -551,53 +653,59 @@ impl PeerGroup {
         let mut states = Vec::with_capacity(members.len());
         for _ in &members {
             states.push(MemberState {
-                entry: None,
                 health: HealthMonitor::new(config.health.clone()).map_err(|e| invalid("health", e))?,
                 breaker: CircuitBreaker::new(config.breaker.clone(), config.breaker_backoff()?)
                     .map_err(|e| invalid("breaker", e))?,
                 open: false,
                 ever_open: false,
-                checking: false,
                 losses: 0,
                 reopened: 0,
                 failed_establishments: 0,
                 last_error: None,
+                seen_dwas: 0,
+                seen_downs: 0,
+                seen_failed: 0,
+                suspect: false,
+                failure_rate: 0.0,
+                latency: None,
             });
         }
-        let seed = config.seed.unwrap_or_else(crate::peer::seed);
-        let (balancer, weighted, failover) = match &config.mode {
+        let seed = config.seed.unwrap_or_else(crate::node::seed);
+        let (strategy, weighted, failover) = match &config.mode {
             GroupMode::Balance(strategy) => {
-                (Some(strategy.build::<usize>(seed)), *strategy == Strategy::Weighted, None)
+                let w = (*strategy == Strategy::Weighted).then(|| Weighted::new(SplitMix64::new(seed ^ 0x5eed)));
+                (Some(*strategy), w, None)
             }
             GroupMode::Failover(f) => {
-                (None, false, Some(Failover::new(members.len(), f.clone()).map_err(|e| invalid("failover", e))?))
+                (None, None, Some(Failover::new(members.len(), f.clone()).map_err(|e| invalid("failover", e))?))
             }
         };
-        let inner = Arc::new_cyclic(|me| GroupInner {
-            me: me.clone(),
+        let n = members.len();
+        let inner = Arc::new(GroupInner {
             members: members
-                .iter()
-                .map(|m| Member {
-                    addr: m.addr,
-                    remote: Arc::new(Remote::from(m.addr)),
-                    id: ConnectionId::unique(),
-                    weight: m.weight,
+                .into_iter()
+                .map(|(peer, weight)| Member {
+                    peer,
+                    weight,
                     in_flight: AtomicU32::new(0),
                     counters: MemberCounters::default(),
                 })
                 .collect(),
             state: Mutex::new(GroupState {
-                candidates: Vec::with_capacity(states.len()),
                 members: states,
-                balancer,
+                usable: Usable::new(n),
+                strategy,
                 weighted,
                 failover,
+                rng: SplitMix64::new(seed),
+                cursor: 0,
                 balance_failovers: 0,
                 balance_unavailable: 0,
                 any_usable: false,
             }),
             config,
-            client: client.clone(),
+            client,
+            request_timeout,
             usable: Notify::new(),
             rearm: Arc::new(Notify::new()),
             shutdown: watch::channel(false).0,
@@ -608,22 +716,24 @@ impl PeerGroup {
                 metrics::counter!("diam_group_retransmissions_total"),
                 metrics::counter!("diam_group_reroutes_total"),
             ),
+            next_probe_seed: AtomicUsize::new(0),
         });
         for i in 0..inner.members.len() {
-            tokio::spawn(watch_member(Arc::downgrade(&inner), i, inner.shutdown.subscribe()));
+            inner.members[i].peer.connect();
+            tokio::spawn(watch_member(Arc::downgrade(&inner), i, inner.members[i].peer.changes(), inner.shutdown.subscribe()));
         }
         tokio::spawn(timer(Arc::downgrade(&inner), inner.rearm.clone(), inner.shutdown.subscribe()));
         Ok(PeerGroup { inner })
     }
 
-    /// The members' addresses, in order.
-    pub fn members(&self) -> Vec<SocketAddr> {
-        self.inner.members.iter().map(|m| m.addr).collect()
+    /// The members' peers, in order.
+    pub fn members(&self) -> Vec<PeerHandle> {
+        self.inner.members.iter().map(|m| m.peer.clone()).collect()
     }
 
     /// Sends `request` to a member and waits for the answer, within the
-    /// connection's request timeout (waiting for a usable member and any
-    /// retransmission included).
+    /// request timeout (waiting for a usable member and any retransmission
+    /// included).
     pub async fn send(&self, request: Message) -> Result<Message, Error> {
         self.send_with(request, SendOptions::new()).await
     }
@@ -638,20 +748,20 @@ impl PeerGroup {
     pub async fn send_with(&self, request: Message, options: SendOptions) -> Result<Message, Error> {
         let g = &*self.inner;
         g.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let counted = Outcome { group: g, pool: Some(g.client.start_request()) };
-        let timeout = options.timeout.unwrap_or(g.client.config().connection.request_timeout);
+        let counted = Outcome { group: g, pool: g.client.as_ref().map(|c| c.start_request()), done: false };
+        let timeout = options.timeout.unwrap_or(g.request_timeout);
         let retryable = options.retryable.unwrap_or_else(|| request.flags().is_proxiable());
-        let result = g.route(request, crate::peer::deadline_after(timeout), retryable).await;
+        let result = g.route(request, crate::handle::deadline_after(timeout), retryable).await;
         counted.finish(&result);
         result
     }
 
     /// Failover mode: moves traffic to the next usable secondary and keeps it
     /// off the primary until [`failback`](Self::failback). Returns the new
-    /// active member; `None` when balancing or when no other secondary is
-    /// usable.
-    pub fn failover(&self) -> Option<SocketAddr> {
-        self.inner.with_failover(|f, now| f.failover(now))?.map(|i| self.inner.members[i].addr)
+    /// active member's index; `None` when balancing or when no other
+    /// secondary is usable.
+    pub fn failover(&self) -> Option<usize> {
+        self.inner.with_failover(|f, now| f.failover(now))?
     }
 
     /// Failover mode: ends a manual failover and moves traffic back to the
@@ -665,10 +775,9 @@ impl PeerGroup {
         lock(&self.inner.state).failover.as_ref().map(Failover::state)
     }
 
-    /// Failover mode: the member carrying traffic.
-    pub fn active(&self) -> Option<SocketAddr> {
-        let st = lock(&self.inner.state);
-        st.failover.as_ref().and_then(Failover::active).map(|i| self.inner.members[i].addr)
+    /// Failover mode: the index of the member carrying traffic.
+    pub fn active(&self) -> Option<usize> {
+        lock(&self.inner.state).failover.as_ref().and_then(Failover::active)
     }
 
     /// Health, breaker and traffic of every member, in member order.
@@ -680,7 +789,8 @@ impl PeerGroup {
             .iter()
             .zip(&st.members)
             .map(|(m, s)| MemberHealth {
-                addr: m.addr,
+                peer: m.peer.shared.label().to_string(),
+                addr: m.peer.address().cloned(),
                 health: s.health.stats(),
                 breaker: s.breaker.state(),
                 open: s.open,
@@ -703,12 +813,13 @@ impl PeerGroup {
             .iter()
             .zip(&st.members)
             .map(|(m, s)| MemberReconnection {
-                addr: m.addr,
+                peer: m.peer.shared.label().to_string(),
+                addr: m.peer.address().cloned(),
                 open: s.open,
                 connections_lost: s.losses,
                 reopened: s.reopened,
                 failed_establishments: s.failed_establishments,
-                last_error: s.entry.as_ref().and_then(|e| e.last_error()).or_else(|| s.last_error.clone()),
+                last_error: m.peer.last_error().map(|e| e.to_string()).or_else(|| s.last_error.clone()),
             })
             .collect()
     }
@@ -721,14 +832,7 @@ impl PeerGroup {
         let (state, active, failovers, manual, failbacks, unavailable) = match &st.failover {
             Some(f) => {
                 let s = f.stats();
-                (
-                    Some(s.state),
-                    s.active.map(|i| g.members[i].addr),
-                    s.failovers,
-                    s.manual_failovers,
-                    s.failbacks,
-                    s.unavailable,
-                )
+                (Some(s.state), s.active, s.failovers, s.manual_failovers, s.failbacks, s.unavailable)
             }
             None => (None, None, st.balance_failovers, 0, 0, st.balance_unavailable),
         };
@@ -757,13 +861,20 @@ impl PeerGroup {
     }
 
     /// Stops the group: its background tasks end and new sends fail with
-    /// [`Error::PoolClosed`]. The connections stay with the client (close
-    /// them with [`AddressClient::close`]).
+    /// [`Error::PoolClosed`]. The peers stay up (close them through their
+    /// client or node).
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.shutdown.send_replace(true);
         self.inner.usable.notify_waiters();
     }
+}
+
+fn check_count(n: usize) -> Result<(), Error> {
+    if n == 0 || n > MAX_MEMBERS {
+        return Err(Error::InvalidConfig(format!("a peer group needs 1 to {MAX_MEMBERS} members")));
+    }
+    Ok(())
 }
 
 /// What one attempt's outcome says about the member.
@@ -775,7 +886,7 @@ enum Verdict {
     /// The connection failed under a written request (recorded once per
     /// connection by the member watcher; here it only opens the breaker).
     Lost,
-    /// The connection was not available for requests (watchdog SUSPECT).
+    /// The peer was not available for requests (watchdog SUSPECT).
     Refused,
     /// Nothing about the peer (a local wait ran out, a local close...).
     Neutral,
@@ -791,6 +902,7 @@ fn verdict(outcome: &Reply) -> Verdict {
         },
         Err(u) => match (&u.error, u.written) {
             (Error::Timeout, Some(_)) => Verdict::Failure(ErrorCategory::Timeout),
+            (Error::MalformedAnswer(_), Some(_)) => Verdict::Failure(ErrorCategory::Protocol),
             (Error::ConnectionLost(_), Some(_)) => Verdict::Lost,
             (Error::NotAvailable(_), None) => Verdict::Refused,
             _ => Verdict::Neutral,
@@ -802,7 +914,14 @@ fn verdict(outcome: &Reply) -> Verdict {
 /// never reached its connection, and one retransmission.
 const MAX_ATTEMPTS: usize = 3;
 
+/// How often dead members are probed when the check interval is zero.
+const DEAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 impl GroupInner {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.client.as_ref().is_some_and(AddressClient::is_closed)
+    }
+
     /// Routes one request: pick, send, and on a connection failure reroute or
     /// retransmit once, never to a member already tried.
     async fn route(&self, request: Message, deadline: Instant, retryable: bool) -> Result<Message, Error> {
@@ -834,10 +953,15 @@ impl GroupInner {
                     }
                     return Ok(answer);
                 }
-                // It never reached the connection: no peer saw it, so it
-                // may go elsewhere as it is.
+                // It never reached a connection: no peer saw it, so it may go
+                // elsewhere as it is.
                 Err(Unanswered {
-                    error: Error::NotAvailable(_) | Error::Closed | Error::ConnectionLost(_) | Error::Overloaded,
+                    error:
+                        Error::NotAvailable(_)
+                        | Error::Closed
+                        | Error::ConnectionLost(_)
+                        | Error::Overloaded
+                        | Error::NotConnected,
                     written: None,
                 }) if more && !rerouted => {
                     rerouted = true;
@@ -847,7 +971,7 @@ impl GroupInner {
                 Err(Unanswered { error: Error::ConnectionLost(reason), written: Some(e2e) })
                     if more && retryable && self.config.retransmit && !retransmitted =>
                 {
-                    tracing::debug!(peer = %self.members[member].addr, %reason, end_to_end = e2e, "retransmitting");
+                    tracing::debug!(peer = %self.members[member].peer.shared.label(), %reason, end_to_end = e2e, "retransmitting");
                     message = message.retransmission(e2e);
                     retransmitted = true;
                 }
@@ -859,7 +983,10 @@ impl GroupInner {
     /// Sends on a reserved member and records the outcome.
     async fn attempt(&self, mut attempt: Attempt<'_>, message: Message, deadline: Instant) -> Reply {
         let started = Instant::now();
-        let outcome = attempt.peer.send_until(message, deadline).await;
+        let peer = &self.members[attempt.member].peer;
+        // Straight to the peer task: the group already knows the member is
+        // open, and must not wait for it here (a refusal reroutes instead).
+        let outcome = peer.send_now(message, deadline).await;
         attempt.recorded = true;
         self.record(&attempt, &outcome, started.elapsed());
         outcome
@@ -872,7 +999,7 @@ impl GroupInner {
             let notified = self.usable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.closed.load(Ordering::Acquire) || self.client.is_closed() {
+            if self.is_closed() {
                 return Err(Error::PoolClosed);
             }
             if let Some(attempt) = self.pick(tried) {
@@ -889,7 +1016,8 @@ impl GroupInner {
     }
 
     /// Chooses a member for the next request and reserves it (in-flight
-    /// count, half-open probe).
+    /// count, half-open probe). O(1) in the number of members (LRU: O(1)
+    /// amortized; a member refused by its breaker costs one more draw).
     fn pick(&self, tried: &[usize]) -> Option<Attempt<'_>> {
         let now = Instant::now();
         let std_now = now.into_std();
@@ -897,50 +1025,153 @@ impl GroupInner {
         let picked = {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
-            sync_failover(st, now, &mut out);
-            let ok = |st: &GroupState, i: usize| !tried.contains(&i) && st.members[i].pickable(now);
-            let chosen = match (&st.failover, &mut st.balancer) {
-                // The active member; when it is excluded or its half-open
-                // breaker is busy probing, the next one in the machine's order.
-                (Some(f), _) => match f.active() {
-                    Some(a) if ok(st, a) => Some(a),
-                    _ => f.preference().find(|&i| ok(st, i)),
-                },
-                (None, Some(balancer)) => {
-                    st.candidates.clear();
-                    for (i, (m, s)) in self.members.iter().zip(&st.members).enumerate() {
-                        let mut c = Candidate::new(i)
-                            .available(!tried.contains(&i) && s.pickable(now))
-                            .in_flight(m.in_flight.load(Ordering::Relaxed))
-                            .weight(m.weight);
-                        if st.weighted {
-                            c = c
-                                .failure_rate(1.0 - s.health.success_rate().unwrap_or(1.0))
-                                .latency(s.health.ewma_latency());
-                        }
-                        st.candidates.push(c);
-                    }
-                    balancer.pick(&st.candidates, std_now).map(|k| *st.candidates[k].id())
-                }
-                (None, None) => None,
-            };
-            chosen.and_then(|i| {
+            let mut chosen = None;
+            // A few draws: an excluded member, or a half-open breaker already
+            // busy probing, sends us to another one.
+            for _ in 0..4 {
+                let Some(i) = self.choose(st, tried, std_now) else { break };
                 let s = &mut st.members[i];
-                let entry = s.entry.as_ref()?;
-                let peer = entry.open_peer()?;
-                entry.touch();
                 let probe = s.breaker.state() != BreakerState::Closed;
                 if !s.breaker.allow(std_now) {
-                    return None;
+                    self.refresh_member(st, i, now, &mut out);
+                    continue;
                 }
-                drain_breaker(i, &mut s.breaker, &mut out);
+                drain_breaker(i, &mut st.members[i].breaker, &mut out);
+                chosen = Some((i, probe));
+                break;
+            }
+            chosen.map(|(i, probe)| {
                 self.members[i].in_flight.fetch_add(1, Ordering::Relaxed);
                 self.members[i].counters.requests.fetch_add(1, Ordering::Relaxed);
-                Some(Attempt { group: self, member: i, peer, probe, recorded: false })
+                self.members[i].peer.shared.touch();
+                Attempt { group: self, member: i, probe, recorded: false }
             })
         };
         self.flush(out);
         picked
+    }
+
+    /// One candidate per the mode and strategy.
+    fn choose(&self, st: &mut GroupState, tried: &[usize], now: std::time::Instant) -> Option<usize> {
+        let ok = |i: usize| !tried.contains(&i);
+        if let Some(f) = &st.failover {
+            // The active member; when it is excluded or unusable, the next
+            // one in the machine's order.
+            let usable = |i: usize| ok(i) && st.usable.pos[i] != usize::MAX;
+            return match f.active() {
+                Some(a) if usable(a) => Some(a),
+                _ => f.preference().find(|&i| usable(i)),
+            };
+        }
+        let n = st.usable.len();
+        if n == 0 {
+            return None;
+        }
+        let strategy = st.strategy.unwrap_or(Strategy::RoundRobin);
+        let draw = |rng: &mut SplitMix64| st_index(rng, n);
+        match strategy {
+            Strategy::RoundRobin => {
+                for k in 0..n.min(MAX_ATTEMPTS + 1) {
+                    let i = st.usable.list[(st.cursor + k) % n];
+                    if ok(i) {
+                        st.cursor = (st.cursor + k + 1) % n.max(1);
+                        return Some(i);
+                    }
+                }
+                None
+            }
+            Strategy::LeastRecentlyUsed => {
+                let pos = st.usable.lru.iter().position(|&i| ok(i))?;
+                let i = st.usable.lru.remove(pos)?;
+                st.usable.lru.push_back(i);
+                Some(i)
+            }
+            Strategy::Random => {
+                for _ in 0..4 {
+                    let i = st.usable.list[draw(&mut st.rng)];
+                    if ok(i) {
+                        return Some(i);
+                    }
+                }
+                st.usable.list.iter().copied().find(|&i| ok(i))
+            }
+            // Power of two choices (least-outstanding, weighted, and any
+            // strategy added later).
+            _ => {
+                let a = st.usable.list[draw(&mut st.rng)];
+                let b = if n > 1 {
+                    let mut j = draw(&mut st.rng);
+                    if st.usable.list[j] == a {
+                        j = (j + 1) % n;
+                    }
+                    st.usable.list[j]
+                } else {
+                    a
+                };
+                let pair: Vec<usize> = [a, b].into_iter().filter(|&i| ok(i)).collect();
+                let (a, b) = match pair.as_slice() {
+                    [] => return st.usable.list.iter().copied().find(|&i| ok(i)),
+                    [x] => return Some(*x),
+                    [x, y, ..] => (*x, *y),
+                };
+                if a == b {
+                    return Some(a);
+                }
+                let flight = |i: usize| self.members[i].in_flight.load(Ordering::Relaxed);
+                if strategy == Strategy::LeastOutstanding {
+                    return Some(if flight(b) < flight(a) { b } else { a });
+                }
+                let cand = |i: usize| {
+                    Candidate::new(i)
+                        .in_flight(flight(i))
+                        .weight(self.members[i].weight)
+                        .failure_rate(st.members[i].failure_rate)
+                        .latency(st.members[i].latency)
+                };
+                let pair = [cand(a), cand(b)];
+                let w = st.weighted.as_mut()?;
+                w.pick(&pair, now).map(|k| *pair[k].id())
+            }
+        }
+    }
+
+    /// Re-evaluates one member's usability and updates the usable set.
+    fn refresh_member(&self, st: &mut GroupState, member: usize, now: Instant, out: &mut Pending) {
+        let usable = st.members[member].usable(now);
+        let was = st.usable.pos[member] != usize::MAX;
+        if usable != was {
+            st.usable.set(member, usable);
+            if let Some(f) = &mut st.failover {
+                f.set_available(member, usable, now.into_std());
+                drain_failover(f, out);
+            }
+            out.wake |= usable;
+            out.rearm = true;
+        }
+    }
+
+    /// Re-evaluates every member (timers), and the whole group's usability.
+    fn refresh(&self, st: &mut GroupState, now: Instant, out: &mut Pending) {
+        for i in 0..st.members.len() {
+            self.refresh_member(st, i, now, out);
+        }
+        if let Some(f) = &mut st.failover {
+            f.handle_timeout(now.into_std());
+            drain_failover(f, out);
+        }
+        self.note_usable(st);
+        out.wake |= st.usable.len() > 0;
+    }
+
+    fn note_usable(&self, st: &mut GroupState) {
+        let usable = st.usable.len() > 0;
+        if st.any_usable && !usable && !self.is_closed() {
+            if st.failover.is_none() {
+                st.balance_unavailable += 1;
+            }
+            tracing::warn!(group = self.id.get(), "no member of the peer group is usable");
+        }
+        st.any_usable = usable;
     }
 
     /// Records one attempt's outcome in the member's health, breaker and
@@ -960,6 +1191,7 @@ impl GroupInner {
         {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
+            let weighted = st.weighted.is_some();
             let s = &mut st.members[member];
             // A request let through before the breaker tripped says nothing
             // about the probes now under way.
@@ -969,22 +1201,19 @@ impl GroupInner {
                     if !stale {
                         s.breaker.on_success(std_now);
                     }
-                    if let Some(b) = &mut st.balancer {
-                        b.record(&member, true, std_now);
-                    }
                     if let Some(f) = &mut st.failover {
                         f.confirm(member, std_now);
                     }
-                    s.health.record_success(latency, std_now)
+                    st.members[member].health.record_success(latency, std_now)
                 }
                 Verdict::Failure(category) => {
                     if !stale {
                         s.breaker.on_failure(std_now);
                     }
-                    if let Some(b) = &mut st.balancer {
-                        b.record(&member, false, std_now);
+                    if let Some(w) = &mut st.weighted {
+                        w.record(&member, false, std_now);
                     }
-                    s.health.record_failure(category, std_now)
+                    st.members[member].health.record_failure(category, std_now)
                 }
                 Verdict::Lost => {
                     s.breaker.trip(std_now);
@@ -1004,6 +1233,11 @@ impl GroupInner {
                     None
                 }
             };
+            let s = &mut st.members[member];
+            if weighted {
+                s.failure_rate = 1.0 - s.health.success_rate().unwrap_or(1.0);
+                s.latency = s.health.ewma_latency();
+            }
             if let Some(change) = change {
                 out.events.push((Some(member), change.to_event()));
             }
@@ -1011,91 +1245,82 @@ impl GroupInner {
             if let Some(f) = &mut st.failover {
                 drain_failover(f, &mut out);
             }
-            if !out.events.is_empty() {
-                self.refresh(st, now, &mut out);
+            if !out.events.is_empty() || out.rearm {
+                self.refresh_member(st, member, now, &mut out);
+                self.note_usable(st);
             }
         }
         self.flush(out);
     }
 
-    /// Re-evaluates every member's usability for the failover machine and
-    /// runs its due timers.
-    fn refresh(&self, st: &mut GroupState, now: Instant, out: &mut Pending) {
-        let usable = st.members.iter().any(|m| m.usable(now));
-        sync_failover(st, now, out);
-        if st.any_usable && !usable && !self.closed.load(Ordering::Acquire) && !self.client.is_closed() {
-            if st.failover.is_none() {
-                st.balance_unavailable += 1;
-            }
-            tracing::warn!(group = self.id.get(), "no member of the peer group is usable");
-        }
-        st.any_usable = usable;
-        out.wake |= usable;
-        out.rearm = true;
-    }
-
-    /// A member's pool slot changed.
-    fn observe(&self, member: usize, slot: &Slot, entry: &Arc<Entry>) {
+    /// A member's peer changed (state, a watchdog answer, a loss): health,
+    /// breaker and usability follow.
+    fn observe(&self, member: usize) {
         let now = Instant::now();
         let std_now = now.into_std();
+        let peer = &self.members[member].peer;
+        let state = peer.state();
+        let stats = peer.stats();
         let mut out = Pending::default();
-        let mut check = None;
+        let probe;
         {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
             let s = &mut st.members[member];
-            if !s.entry.as_ref().is_some_and(|e| Arc::ptr_eq(e, entry)) {
-                s.entry = Some(entry.clone());
+            let open = state == PeerState::Open;
+            let local = self.is_closed() || matches!(state, PeerState::Closing | PeerState::Closed);
+            let mut changes = Vec::new();
+            if stats.downs > s.seen_downs {
+                let lost = stats.downs - s.seen_downs;
+                s.seen_downs = stats.downs;
+                if !local {
+                    s.losses += lost;
+                    s.breaker.trip(std_now);
+                    changes.extend(s.health.record_failure(ErrorCategory::Reset, std_now));
+                    if st.failover.is_none() && st.usable.list.iter().any(|&i| i != member) {
+                        st.balance_failovers += 1;
+                    }
+                    if let Some(w) = &mut st.weighted {
+                        w.record(&member, false, std_now);
+                    }
+                }
             }
-            let open = entry.is_open();
-            // Closed on purpose (idle timeout, pool or group closing): not a failure.
-            let local = matches!(slot, Slot::Failed(Error::Closed | Error::PoolClosed))
-                || self.closed.load(Ordering::Acquire)
-                || self.client.is_closed();
-            let mut change = None;
-            let mut lost = false;
-            if local {
-                s.open = open;
-            } else if open && !s.open {
-                s.open = true;
+            let s = &mut st.members[member];
+            if stats.failed_attempts > s.seen_failed {
+                s.seen_failed = stats.failed_attempts;
+                s.failed_establishments += 1;
+                let err = peer.last_error();
+                s.last_error = err.as_ref().map(ToString::to_string);
+                changes.extend(s.health.record_failure(category(err.as_ref()), std_now));
+            }
+            if stats.watchdog_answers > s.seen_dwas {
+                s.seen_dwas = stats.watchdog_answers;
+                changes.extend(s.health.record_success(stats.last_watchdog_rtt, std_now));
+            }
+            let suspect = state == PeerState::Suspect;
+            if suspect && !s.suspect {
+                changes.extend(s.health.record_failure(ErrorCategory::Timeout, std_now));
+            }
+            s.suspect = suspect;
+            if open && !s.open {
                 if s.ever_open {
                     s.reopened += 1;
                 }
                 s.ever_open = true;
-                // Every connection that opens is checked at once, whatever
-                // the check interval: a dead member recovers through it.
-                if !s.checking {
-                    check = entry.open_peer();
-                    s.checking = check.is_some();
-                }
-            } else if !open && s.open {
-                s.open = false;
-                s.losses += 1;
-                s.breaker.trip(std_now);
-                change = s.health.record_failure(ErrorCategory::Reset, std_now);
-                lost = true;
-            } else if let Slot::Failed(e) = slot {
-                s.failed_establishments += 1;
-                s.last_error = Some(e.to_string());
-                change = s.health.record_failure(category(e), std_now);
             }
-            if lost {
-                if let Some(b) = &mut st.balancer {
-                    b.record(&member, false, std_now);
-                    if st.members.iter().enumerate().any(|(i, m)| i != member && m.usable(now)) {
-                        st.balance_failovers += 1;
-                    }
-                }
-            }
-            if let Some(change) = change {
+            s.open = open;
+            // A dead member gets no traffic: only its DWAs can revive it.
+            probe = open && s.health.status() == HealthStatus::Dead;
+            for change in changes {
                 out.events.push((Some(member), change.to_event()));
             }
             drain_breaker(member, &mut st.members[member].breaker, &mut out);
-            self.refresh(st, now, &mut out);
+            self.refresh_member(st, member, now, &mut out);
+            self.note_usable(st);
         }
         self.flush(out);
-        if let Some(peer) = check {
-            self.spawn_check(member, peer);
+        if probe {
+            peer.probe();
         }
     }
 
@@ -1106,8 +1331,6 @@ impl GroupInner {
         let result = {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
-            st.failover.as_ref()?;
-            sync_failover(st, now, &mut out);
             let machine = st.failover.as_mut()?;
             let result = f(machine, now.into_std());
             drain_failover(machine, &mut out);
@@ -1121,11 +1344,17 @@ impl GroupInner {
     /// Emits collected events and wakes whoever needs it, outside the lock.
     fn flush(&self, out: Pending) {
         for (member, data) in out.events {
-            let (id, remote) = match member {
-                Some(i) => (self.members[i].id, Some(self.members[i].remote.clone())),
-                None => (self.id, None),
+            let (id, remote, events) = match member {
+                Some(i) => {
+                    let s = &self.members[i].peer.shared;
+                    (s.id, s.remote.clone(), &s.events)
+                }
+                None => (self.id, None, &self.members[0].peer.shared.events),
             };
-            self.client.emit(id, remote, data);
+            if events.has_listeners(data.kind()) {
+                // Listener failures are the dispatcher's business.
+                let _ = events.emit(diam_link::events::Event::new(id, remote, data));
+            }
         }
         if out.wake {
             self.usable.notify_waiters();
@@ -1135,8 +1364,7 @@ impl GroupInner {
         }
     }
 
-    /// The earliest breaker or failover deadline after `now` (an open breaker
-    /// whose wait is over keeps reporting it until the next request).
+    /// The earliest breaker or failover deadline after `now`.
     fn next_timer(&self, now: Instant) -> Option<Instant> {
         let st = lock(&self.state);
         let breakers = st.members.iter().filter_map(|m| m.breaker.poll_timeout());
@@ -1144,47 +1372,18 @@ impl GroupInner {
         breakers.chain(failback).map(Instant::from_std).filter(|t| *t > now).min()
     }
 
-    /// One DWR health check on every open member not already being checked
-    /// (only the dead ones with `dead_only`).
-    fn check_all(&self, dead_only: bool) {
-        let peers: Vec<(usize, Peer)> = {
-            let mut st = lock(&self.state);
-            st.members
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, s)| !s.checking && (!dead_only || s.health.status() == HealthStatus::Dead))
-                .filter_map(|(i, s)| {
-                    let peer = s.entry.as_ref()?.open_peer()?;
-                    s.checking = true;
-                    Some((i, peer))
-                })
-                .collect()
+    /// Asks the watchdog of every dead, open member for an early DWR.
+    fn probe_dead(&self) {
+        let dead: Vec<usize> = {
+            let st = lock(&self.state);
+            st.members.iter().enumerate().filter(|(_, s)| s.open && s.health.status() == HealthStatus::Dead).map(|(i, _)| i).collect()
         };
-        for (i, peer) in peers {
-            self.spawn_check(i, peer);
+        self.next_probe_seed.fetch_add(1, Ordering::Relaxed);
+        for i in dead {
+            self.members[i].peer.probe();
         }
     }
 
-    /// Sends a DWR to `member` on `peer`; its `checking` flag is already set.
-    fn spawn_check(&self, member: usize, peer: Peer) {
-        let c = &self.client.config().connection;
-        let dwr = Message::request(apps::COMMON, commands::DEVICE_WATCHDOG)
-            .avp(avps::ORIGIN_HOST, c.peer.origin_host.as_str())
-            .avp(avps::ORIGIN_REALM, c.peer.origin_realm.as_str())
-            .build();
-        let timeout = c.peer.watchdog.dwr_timeout.min(self.check_period());
-        let group = self.me.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let outcome = peer.send_until(dwr, started + timeout).await;
-            if let Some(g) = group.upgrade() {
-                g.check_done(member, peer, &outcome, started.elapsed());
-            }
-        });
-    }
-
-    /// How often the timer runs checks: the check interval, or
-    /// [`DEAD_CHECK_INTERVAL`] (dead members only) when checks are off.
     fn check_period(&self) -> Duration {
         if self.config.check_interval.is_zero() {
             DEAD_CHECK_INTERVAL
@@ -1192,58 +1391,11 @@ impl GroupInner {
             self.config.check_interval
         }
     }
-
-    fn check_done(&self, member: usize, peer: Peer, outcome: &Reply, latency: Duration) {
-        let now = Instant::now();
-        let std_now = now.into_std();
-        let mut out = Pending::default();
-        let again;
-        {
-            let mut guard = lock(&self.state);
-            let st = &mut *guard;
-            let s = &mut st.members[member];
-            let change = match (outcome, verdict(outcome)) {
-                (Ok(dwa), _) => match result_code(dwa) {
-                    Some(rc) if result_codes::class(rc) == 2 => s.health.record_success(latency, std_now),
-                    Some(rc) => s.health.record_failure(ErrorCategory::Application(rc), std_now),
-                    None => s.health.record_failure(ErrorCategory::Protocol, std_now),
-                },
-                (Err(_), Verdict::Failure(category)) => s.health.record_failure(category, std_now),
-                // A lost connection is the watcher's to record; local waits
-                // say nothing about the peer.
-                (Err(_), _) => None,
-            };
-            // A dead member that answered is checked again at once until it
-            // has recovered (at most the health recovery threshold of DWRs).
-            again = outcome.is_ok() && s.health.status() == HealthStatus::Dead && s.open;
-            s.checking = again;
-            if let Some(change) = change {
-                out.events.push((Some(member), change.to_event()));
-                self.refresh(st, now, &mut out);
-            }
-        }
-        self.flush(out);
-        if again {
-            self.spawn_check(member, peer);
-        }
-    }
 }
 
-/// Keeps the failover machine in step with the members' usability and runs
-/// its due failback (failover mode only).
-fn sync_failover(st: &mut GroupState, now: Instant, out: &mut Pending) {
-    let std_now = now.into_std();
-    if let Some(f) = &mut st.failover {
-        for (i, m) in st.members.iter().enumerate() {
-            f.set_available(i, m.usable(now), std_now);
-        }
-        f.handle_timeout(std_now);
-        drain_failover(f, out);
-    }
+fn st_index(rng: &mut SplitMix64, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
 }
-
-/// How often dead members are checked when the periodic checks are off.
-const DEAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 fn drain_breaker(member: usize, breaker: &mut CircuitBreaker, out: &mut Pending) {
     while let Some(ev) = breaker.poll_event() {
@@ -1264,69 +1416,30 @@ fn drain_failover(f: &mut Failover, out: &mut Pending) {
     }
 }
 
-/// Keeps one member's pool entry alive: follows its slot, reports every
-/// change to the group, and dials afresh (paced) when the pool gives up on it.
-async fn watch_member(group: Weak<GroupInner>, member: usize, mut shutdown: watch::Receiver<bool>) {
-    let Some(mut backoff) = group.upgrade().and_then(|g| {
-        let c = g.client.config();
-        Exponential::new(c.reconnect_interval, c.max_reconnect_delay, c.reconnect_backoff)
-            .ok()
-            .map(|b| b.with_jitter(Jitter::Equal, SplitMix64::new(crate::peer::seed())))
-    }) else {
-        return;
-    };
+/// Follows one member's peer and reports every change to the group.
+async fn watch_member(
+    group: Weak<GroupInner>,
+    member: usize,
+    mut changes: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
-        let (entry, mut rx) = {
+        changes.borrow_and_update();
+        {
             let Some(g) = group.upgrade() else { return };
-            match g.client.entry_for(g.members[member].addr) {
-                Ok(entry) => {
-                    let rx = entry.slot.subscribe();
-                    (entry, rx)
-                }
-                Err(Error::PoolClosed) => return,
-                Err(e) => {
-                    tracing::warn!(peer = %g.members[member].addr, error = %e, "peer group member has no pool entry");
-                    drop(g);
-                    let delay = backoff.next_delay().unwrap_or(Duration::from_secs(1));
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => continue,
-                        _ = shutdown.wait_for(|s| *s) => return,
-                    }
-                }
-            }
-        };
-        loop {
-            let slot = rx.borrow_and_update().clone();
-            {
-                let Some(g) = group.upgrade() else { return };
-                g.observe(member, &slot, &entry);
-            }
-            match slot {
-                Slot::Failed(_) => break,
-                Slot::Ready(_) => backoff.reset(),
-                _ => {}
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { break },
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
+            g.observe(member);
         }
-        // The pool dropped the entry (first establishment failed, or it gave
-        // up reconnecting): dial again after a pause.
-        let delay = backoff.next_delay().unwrap_or(Duration::from_secs(1));
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            r = changes.changed() => if r.is_err() { return },
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }
 
 /// Runs the group's timers: breaker open waits ending, failbacks falling
-/// due, and the periodic DWR checks. It holds the group only between waits.
+/// due, and the dead-member probes. It holds the group only between waits.
 async fn timer(group: Weak<GroupInner>, rearm: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    let Some((interval, period)) = group.upgrade().map(|g| (g.config.check_interval, g.check_period())) else {
-        return;
-    };
+    let Some(period) = group.upgrade().map(|g| g.check_period()) else { return };
     let mut next_check = Instant::now() + period;
     loop {
         let wake = match group.upgrade() {
@@ -1346,7 +1459,7 @@ async fn timer(group: Weak<GroupInner>, rearm: Arc<Notify>, mut shutdown: watch:
         out.rearm = false;
         g.flush(out);
         if now >= next_check {
-            g.check_all(interval.is_zero());
+            g.probe_dead();
             next_check = now + period;
         }
     }

@@ -1,58 +1,74 @@
-//! tokio driver for Diameter (RFC 6733): peer connections and a server.
+//! tokio driver for Diameter (RFC 6733): the node, its peers in both
+//! directions, and the clients built on them.
 //!
-//! * [`Peer`]: a client connection. One task owns the socket; callers
-//!   submit through a bounded channel and the task coalesces every queued
-//!   request into one write. Pending requests are bounded (`max_pending`);
-//!   each ends with its answer or a typed [`Error`] by its deadline. A
-//!   failure (EOF, read or write error, a stalled write, watchdog DOWN, DPR)
-//!   completes every pending request at once with
-//!   [`Error::ConnectionLost`] and fires the `on_failure` callback.
-//! * [`AddressClient`]: at most one connection per address, single-flight
-//!   establishment, cleanup the moment a connection fails, reconnection
-//!   with backoff, idle and lifetime limits, statistics and events.
-//! * [`PeerGroup`]: several peers for one destination on an
-//!   `AddressClient`: balancing (round-robin, least recently used, random,
-//!   least outstanding, weighted) or primary/secondary failover with
-//!   auto-failback; per-peer health and circuit breaker; retryable requests
-//!   retransmitted with the T flag when their connection fails (RFC 6733
-//!   §5.5.4). [`Router`] picks the group by Destination-Realm.
-//! * [`Server`]: accepts connections and serves application requests with
-//!   a [`Handler`]; shutdown sends DPR to every peer.
+//! * [`Node`]: one Diameter identity, its listeners, and one peer table
+//!   keyed by DiameterIdentity shared by both directions. Configured peers
+//!   are kept connected; peers that connect to us are checked and
+//!   authorized from their CER; election (RFC 6733 §5.6.4) keeps one
+//!   connection when both sides dial. Inbound requests go to [`Handler`]s
+//!   by Application-Id.
+//! * [`PeerHandle`]: sends requests to one peer on whichever connection is
+//!   open, inbound or outbound (a server sends RAR/ASR to a client that
+//!   connected to it). Every request ends with its answer or a typed
+//!   [`Error`] within its timeout.
+//! * One task per peer owns its connections and its sans-IO
+//!   [`diam_proto::psm::PeerMachine`] (peer states, election, the RFC 3539
+//!   watchdog kept across connections, Origin-State-Id restarts, the one
+//!   reconnect schedule). Callers submit through a bounded channel; the
+//!   task coalesces every queued request into one write and decodes without
+//!   copying. A malformed request gets its RFC 6733 §7 error answer and a
+//!   malformed answer fails only its own request; only a corrupt stream
+//!   closes a connection.
+//! * [`transport`]: the task runs over any byte stream; [`Connector`] and
+//!   [`Acceptor`] open and accept them (TCP here).
+//! * [`AddressClient`]: the seed's client keyed by address: one connection
+//!   per address, single-flight establishment, cleanup the moment a
+//!   connection fails, reconnection with backoff, idle and lifetime limits,
+//!   statistics, events, `on_failure`.
+//! * [`PeerGroup`]: several peers for one destination (balancing in O(1),
+//!   or primary/secondary failover with auto-failback; per-peer health from
+//!   traffic and the watchdog, circuit breaker; retryable requests
+//!   retransmitted with the T flag, RFC 6733 §5.5.4). [`Router`] picks the
+//!   group by Destination-Realm.
+//! * [`events`]: the typed payloads of the node's events; listeners run on
+//!   a bounded executor, never on a peer's task.
 //!
-//! The protocol logic (capabilities exchange, RFC 3539 watchdog, DPR/DPA)
-//! is the sans-IO [`diam_proto::peer::PeerConnection`]; this crate adds
-//! sockets and timers.
-//!
-//! Dependencies: `tokio` (runtime, sockets, timers, channels), `bytes`,
-//! `tracing` for logs, `thiserror` for errors, `metrics` for counters, and
-//! this workspace's `diam-link` for backoff, events, health monitoring,
-//! circuit breakers, balancing and the failover machine.
+//! Dependencies: `tokio` (runtime, sockets, timers, channels), `tokio-util`
+//! (reading into a `BytesMut` from a poll loop), `bytes`, `tracing` for
+//! logs, `thiserror` for errors, `metrics` for counters, and this
+//! workspace's `diam-proto` (the protocol) and `diam-link` (backoff,
+//! events, health monitoring, circuit breakers, balancing, failover).
 #![warn(missing_docs)]
 
 mod config;
-mod conn;
+mod driver;
 mod error;
+pub mod events;
 mod group;
+mod handle;
 mod handler;
-mod peer;
+mod node;
 mod pool;
 mod router;
-mod server;
+pub mod transport;
 
-pub use config::ConnectionConfig;
-pub use conn::{ConnectionStats, FailureCallback, FailureInfo, Hooks};
+pub use config::{ConnectionConfig, NodeConfig, ReconnectConfig};
 pub use error::Error;
+pub use events::PeerFailure;
 pub use group::{
     FailoverStatistics, GroupConfig, GroupMember, GroupMode, GroupStats, MemberHealth, MemberReconnection, PeerGroup,
     SendOptions,
 };
+pub use handle::{PeerHandle, PeerStats};
 pub use handler::{handler_fn, Handler, HandlerFuture, Response};
-pub use peer::Peer;
-pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolFailureCallback, PoolStats};
+pub use node::{Authorizer, Node, NodeBuilder};
+pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolStats};
 pub use router::Router;
-pub use server::Server;
+pub use transport::{Acceptor, Connector, TcpAcceptor, TcpConnector, TransportKind};
 
-pub use diam_proto::peer::{CloseReason, PeerInfo, PeerState};
+pub use diam_proto::peer::{CloseReason, PeerInfo};
+pub use diam_proto::psm::{Direction, PeerState};
+pub use diam_proto::uri::PeerAddr;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -646,7 +646,7 @@ impl PeerMachine {
         let hbh = self.ids.next_hop_by_hop();
         let e2e = self.ids.next_end_to_end();
         let cer = self
-            .capabilities(Message::request(apps::COMMON, commands::CAPABILITIES_EXCHANGE), Some(local_ip))
+            .capabilities_of(Message::request(apps::COMMON, commands::CAPABILITIES_EXCHANGE), Some(local_ip))
             .hop_by_hop(hbh)
             .end_to_end(e2e)
             .build();
@@ -1043,6 +1043,17 @@ impl PeerMachine {
 
     // ---- driver inputs: messages and time --------------------------------
 
+    /// A message arrived on `link` that the driver handled itself (a request
+    /// it refused, an answer to one of its requests that it could not use):
+    /// it still proves the peer alive to the watchdog.
+    pub fn handle_traffic(&mut self, link: LinkId, now: Instant) {
+        if self.active == Some(link) {
+            self.watchdog.handle_received(false, now);
+            self.drain_watchdog(now);
+            self.refresh();
+        }
+    }
+
     /// A message arrived on `link` (its frame intact, its AVPs checked by the
     /// driver). Base protocol messages are handled here; application
     /// traffic is returned.
@@ -1323,55 +1334,13 @@ impl PeerMachine {
 
     // ---- message building --------------------------------------------------
 
-    /// Writes Origin-Host, Origin-Realm, Host-IP-Address, Vendor-Id,
-    /// Product-Name, Origin-State-Id, the applications, Inband-Security-Id
-    /// and Firmware-Revision (CER/CEA body, RFC 6733 §5.3.1).
-    fn capabilities(&self, b: MessageBuilder, local_ip: Option<IpAddr>) -> MessageBuilder {
-        let c = &*self.config;
-        let mut b = b.avp(avps::ORIGIN_HOST, c.origin_host.as_str()).avp(avps::ORIGIN_REALM, c.origin_realm.as_str());
-        if c.host_ip_addresses.is_empty() {
-            if let Some(ip) = local_ip {
-                b = b.avp(avps::HOST_IP_ADDRESS, ip);
-            }
-        }
-        for ip in &c.host_ip_addresses {
-            b = b.avp(avps::HOST_IP_ADDRESS, *ip);
-        }
-        b = b
-            .avp(avps::VENDOR_ID, c.vendor_id)
-            .avp(avps::PRODUCT_NAME, c.product_name.as_str())
-            .avp(avps::ORIGIN_STATE_ID, c.origin_state_id);
-        for v in &c.supported_vendor_ids {
-            b = b.avp(avps::SUPPORTED_VENDOR_ID, *v);
-        }
-        for a in &c.auth_application_ids {
-            b = b.avp(avps::AUTH_APPLICATION_ID, *a);
-        }
-        b = b.avp(avps::INBAND_SECURITY_ID, 0u32);
-        for a in &c.acct_application_ids {
-            b = b.avp(avps::ACCT_APPLICATION_ID, *a);
-        }
-        for v in &c.vendor_specific_application_ids {
-            b = b.group(avps::VENDOR_SPECIFIC_APPLICATION_ID, |g| {
-                g.avp(avps::VENDOR_ID, v.vendor_id);
-                if v.auth {
-                    g.avp(avps::AUTH_APPLICATION_ID, v.application_id);
-                } else {
-                    g.avp(avps::ACCT_APPLICATION_ID, v.application_id);
-                }
-            });
-        }
-        if let Some(fw) = c.firmware_revision {
-            b = b.avp(avps::FIRMWARE_REVISION, fw);
-        }
-        b
-    }
-
     /// A CEA to `cer` with `result_code` and our capabilities.
     pub fn cea(&self, cer: &Message, result_code: u32, local_ip: Option<IpAddr>) -> Message {
-        let head =
-            Message::answer_to(cer).error(result_codes::class(result_code) == 3).avp(avps::RESULT_CODE, result_code);
-        self.capabilities(head, local_ip).build()
+        cea(&self.config, cer, result_code, local_ip)
+    }
+
+    fn capabilities_of(&self, b: MessageBuilder, local_ip: Option<IpAddr>) -> MessageBuilder {
+        capabilities(&self.config, b, local_ip)
     }
 
     /// An answer to `req` with our Origin-Host/Realm and `result_code`.
@@ -1387,6 +1356,56 @@ impl PeerMachine {
         let ans = self.answer(req, result_code).build();
         self.transmit.push_back((link, ans));
     }
+}
+
+/// Appends our capabilities to `b`: Origin-Host, Origin-Realm, Host-IP-Address, Vendor-Id,
+/// Product-Name, Origin-State-Id, the applications, Inband-Security-Id
+/// and Firmware-Revision (CER/CEA body, RFC 6733 §5.3.1).
+pub fn capabilities(c: &PeerConfig, b: MessageBuilder, local_ip: Option<IpAddr>) -> MessageBuilder {
+    let mut b = b.avp(avps::ORIGIN_HOST, c.origin_host.as_str()).avp(avps::ORIGIN_REALM, c.origin_realm.as_str());
+    if c.host_ip_addresses.is_empty() {
+        if let Some(ip) = local_ip {
+            b = b.avp(avps::HOST_IP_ADDRESS, ip);
+        }
+    }
+    for ip in &c.host_ip_addresses {
+        b = b.avp(avps::HOST_IP_ADDRESS, *ip);
+    }
+    b = b
+        .avp(avps::VENDOR_ID, c.vendor_id)
+        .avp(avps::PRODUCT_NAME, c.product_name.as_str())
+        .avp(avps::ORIGIN_STATE_ID, c.origin_state_id);
+    for v in &c.supported_vendor_ids {
+        b = b.avp(avps::SUPPORTED_VENDOR_ID, *v);
+    }
+    for a in &c.auth_application_ids {
+        b = b.avp(avps::AUTH_APPLICATION_ID, *a);
+    }
+    b = b.avp(avps::INBAND_SECURITY_ID, 0u32);
+    for a in &c.acct_application_ids {
+        b = b.avp(avps::ACCT_APPLICATION_ID, *a);
+    }
+    for v in &c.vendor_specific_application_ids {
+        b = b.group(avps::VENDOR_SPECIFIC_APPLICATION_ID, |g| {
+            g.avp(avps::VENDOR_ID, v.vendor_id);
+            if v.auth {
+                g.avp(avps::AUTH_APPLICATION_ID, v.application_id);
+            } else {
+                g.avp(avps::ACCT_APPLICATION_ID, v.application_id);
+            }
+        });
+    }
+    if let Some(fw) = c.firmware_revision {
+        b = b.avp(avps::FIRMWARE_REVISION, fw);
+    }
+    b
+}
+
+/// A CEA to `cer` with `result_code` and the capabilities of `config`
+/// (for connections refused before any peer machine sees them).
+pub fn cea(config: &PeerConfig, cer: &Message, result_code: u32, local_ip: Option<IpAddr>) -> Message {
+    let head = Message::answer_to(cer).error(result_codes::class(result_code) == 3).avp(avps::RESULT_CODE, result_code);
+    capabilities(config, head, local_ip).build()
 }
 
 #[cfg(test)]

@@ -1,0 +1,1023 @@
+//! The peer task: one task owns each peer, its connections and its
+//! [`PeerMachine`].
+//!
+//! Callers submit requests over a bounded channel. The task allocates
+//! Hop-by-Hop identifiers, records each pending request with its deadline
+//! and the connection it was written on, and appends every queued request
+//! to that connection's write buffer, so one `write` carries all the
+//! frames that queued meanwhile. Reads are split into frames and decoded
+//! without copying; a request or an answer with bad AVPs costs only that
+//! transaction (RFC 6733 §7), a corrupt stream closes its connection.
+//!
+//! The task is one `poll` loop over `&mut` state (no `split()`, no borrow
+//! held across the loop), generic over the transport: every connection is
+//! a boxed [`Stream`](crate::transport::Stream). Buffers start small, grow
+//! with bursts and shrink back.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use diam_link::events::{CustomEvent, DisconnectReason, EventData};
+use diam_proto::check::{check_answer, check_request, error_answer};
+use diam_proto::peer::{CloseReason, PeerInfo};
+use diam_proto::psm::{Direction, Event, Incoming, LinkId, PeerMachine, PeerState};
+use diam_proto::uri::PeerAddr;
+use diam_proto::{disconnect_cause, result_codes, Escaped, FrameDecoder, Message};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
+
+use crate::events::{Election, PeerDown, PeerFailure, PeerRestarted, PeerUp, WatchdogChange};
+use crate::handle::{lock, Command, LinkMeta, PeerShared, Reply, Unanswered};
+use crate::node::NodeShared;
+use crate::transport::{BoxFuture, BoxStream, Connection};
+use crate::{Error, Response};
+
+/// Most bytes gathered into one connection's write buffer; beyond it the
+/// task stops taking requests and reading until the peer has read some.
+const MAX_COALESCE: usize = 256 * 1024;
+/// Read buffer size at start, and the room kept free before each read.
+const READ_CHUNK: usize = 4 * 1024;
+/// Buffers larger than this are given back once empty (after a burst).
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// An inbound connection handed to its peer's task after its CER was read.
+pub(crate) struct Inbound {
+    pub(crate) conn: Connection,
+    /// Bytes read after the CER.
+    pub(crate) rbuf: BytesMut,
+    pub(crate) cer: Message,
+    pub(crate) info: PeerInfo,
+}
+
+struct LinkIo {
+    id: LinkId,
+    stream: BoxStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Since when the write buffer has waited without progress.
+    write_wait: Option<Instant>,
+    /// A `poll_flush` is owed after the last write (TLS streams buffer).
+    flush: bool,
+    meta: LinkMeta,
+    /// The capabilities exchange completed on it.
+    up: bool,
+    /// Frames may be waiting in `rbuf` (handed over with an inbound CER).
+    buffered: bool,
+}
+
+impl LinkIo {
+    fn new(id: LinkId, conn: Connection, direction: Direction, rbuf: BytesMut) -> LinkIo {
+        LinkIo {
+            id,
+            stream: conn.stream,
+            buffered: !rbuf.is_empty(),
+            rbuf,
+            wbuf: BytesMut::new(),
+            write_wait: None,
+            flush: false,
+            meta: LinkMeta { direction, transport: conn.kind, local: conn.local, remote: conn.remote },
+            up: false,
+        }
+    }
+}
+
+struct Pending {
+    reply: oneshot::Sender<Reply>,
+    deadline: Instant,
+    end_to_end: u32,
+    link: LinkId,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Closing {
+    cause: i32,
+    waiters: Vec<oneshot::Sender<()>>,
+    drain_until: Instant,
+    dpr_sent: bool,
+}
+
+struct Dial {
+    link: LinkId,
+    addr: PeerAddr,
+    fut: BoxFuture<'static, io::Result<Connection>>,
+}
+
+pub(crate) struct PeerTask {
+    node: Arc<NodeShared>,
+    shared: Arc<PeerShared>,
+    machine: PeerMachine,
+    targets: Vec<PeerAddr>,
+    next_target: usize,
+    links: Vec<LinkIo>,
+    dials: Vec<Dial>,
+    commands: mpsc::Receiver<Command>,
+    commands_closed: bool,
+    inbound: mpsc::Receiver<Inbound>,
+    inbound_closed: bool,
+    pending: HashMap<u32, Pending>,
+    expiry: BinaryHeap<Reverse<(Instant, u32)>>,
+    handlers: JoinSet<Response>,
+    handler_requests: HashMap<tokio::task::Id, (LinkId, Message)>,
+    timer: Pin<Box<Sleep>>,
+    closing: Option<Closing>,
+    draining: Vec<(LinkId, Instant)>,
+    first_up: bool,
+}
+
+pub(crate) struct TaskInit {
+    pub(crate) node: Arc<NodeShared>,
+    pub(crate) shared: Arc<PeerShared>,
+    pub(crate) machine: PeerMachine,
+    pub(crate) targets: Vec<PeerAddr>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) inbound: mpsc::Receiver<Inbound>,
+}
+
+fn local_ip(conn_local: Option<std::net::SocketAddr>) -> IpAddr {
+    conn_local.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
+
+/// Writes what is left and closes a stream, off the peer task, bounded by
+/// `timeout`.
+pub(crate) fn close_stream(mut stream: BoxStream, wbuf: BytesMut, timeout: Duration) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(timeout, async {
+            if !wbuf.is_empty() {
+                stream.write_all(&wbuf).await?;
+            }
+            stream.shutdown().await
+        })
+        .await;
+    });
+}
+
+impl PeerTask {
+    pub(crate) fn new(init: TaskInit) -> PeerTask {
+        PeerTask {
+            node: init.node,
+            shared: init.shared,
+            machine: init.machine,
+            targets: init.targets,
+            next_target: 0,
+            links: Vec::with_capacity(1),
+            dials: Vec::new(),
+            commands: init.commands,
+            commands_closed: false,
+            inbound: init.inbound,
+            inbound_closed: false,
+            pending: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            handlers: JoinSet::new(),
+            handler_requests: HashMap::new(),
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            closing: None,
+            draining: Vec::new(),
+            first_up: true,
+        }
+    }
+
+    /// Runs the peer until it is closed for good (or forgotten by its node).
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.process(Instant::now());
+            if self.done() {
+                break;
+            }
+            self.arm_timer();
+            std::future::poll_fn(|cx| self.poll_once(cx)).await;
+        }
+        self.finish();
+    }
+
+    fn done(&self) -> bool {
+        if !self.links.is_empty() || !self.dials.is_empty() {
+            return false;
+        }
+        match self.machine.state() {
+            PeerState::Closed => true,
+            // A peer nobody can reach any more: its node forgot it and every
+            // handle is gone.
+            PeerState::Disconnected => self.commands_closed && self.inbound_closed,
+            _ => false,
+        }
+    }
+
+    // ---- the poll loop -----------------------------------------------------
+
+    /// Polls every source once; `Ready` when anything made progress.
+    fn poll_once(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut progress = false;
+        let now = Instant::now();
+        // Reads (not while a write buffer is over its bound: a peer that
+        // does not read our answers must not make us take more requests).
+        let mut i = 0;
+        while i < self.links.len() {
+            if self.links[i].buffered {
+                self.links[i].buffered = false;
+                self.decode(i, now);
+                progress = true;
+            }
+            if self.links[i].wbuf.len() < MAX_COALESCE {
+                progress |= self.poll_read(i, cx, now);
+            }
+            i += 1;
+        }
+        // Inbound connections for this peer.
+        if !self.inbound_closed {
+            for _ in 0..4 {
+                match self.inbound.poll_recv(cx) {
+                    Poll::Ready(Some(inb)) => {
+                        self.on_inbound(inb, now);
+                        progress = true;
+                    }
+                    Poll::Ready(None) => {
+                        self.inbound_closed = true;
+                        progress = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        // Dials.
+        let mut d = 0;
+        while d < self.dials.len() {
+            if let Poll::Ready(result) = self.dials[d].fut.as_mut().poll(cx) {
+                let dial = self.dials.swap_remove(d);
+                self.on_dialled(dial, result, now);
+                progress = true;
+            } else {
+                d += 1;
+            }
+        }
+        // Handlers that finished.
+        while let Poll::Ready(Some(done)) = self.handlers.poll_join_next_with_id(cx) {
+            self.handler_done(done);
+            progress = true;
+        }
+        // Requests and commands.
+        if !self.commands_closed && self.sending_room() {
+            loop {
+                match self.commands.poll_recv(cx) {
+                    Poll::Ready(Some(cmd)) => {
+                        self.command(cmd, now);
+                        progress = true;
+                        if !self.sending_room() {
+                            break;
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        // Every handle is gone.
+                        self.commands_closed = true;
+                        if self.machine.state() != PeerState::Closed && !self.has_owner() {
+                            self.begin_close(disconnect_cause::REBOOTING, None, now);
+                        }
+                        progress = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            self.on_timer(Instant::now());
+            progress = true;
+        }
+        self.process(now);
+        // Writes.
+        let mut i = 0;
+        while i < self.links.len() {
+            progress |= self.poll_write(i, cx, now);
+            i += 1;
+        }
+        if progress {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Whether someone other than handles keeps the peer: a configured peer
+    /// of a running node.
+    fn has_owner(&self) -> bool {
+        !self.inbound_closed && !self.node.is_closed()
+    }
+
+    fn sending_room(&self) -> bool {
+        match self.machine.sending_link() {
+            Some(id) => self.links.iter().find(|l| l.id == id).is_none_or(|l| l.wbuf.len() < MAX_COALESCE),
+            None => true,
+        }
+    }
+
+    fn poll_read(&mut self, i: usize, cx: &mut Context<'_>, now: Instant) -> bool {
+        let link = &mut self.links[i];
+        if link.rbuf.capacity() - link.rbuf.len() < READ_CHUNK / 4 {
+            link.rbuf.reserve(READ_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut link.stream), cx, &mut link.rbuf) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                let id = link.id;
+                self.machine.handle_link_closed(id, now.into_std());
+                true
+            }
+            Poll::Ready(Ok(n)) => {
+                self.shared.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                self.decode(i, now);
+                true
+            }
+        }
+    }
+
+    /// Handles every whole frame in link `i`'s read buffer.
+    fn decode(&mut self, i: usize, now: Instant) {
+        let id = self.links[i].id;
+        let mut rbuf = std::mem::take(&mut self.links[i].rbuf);
+        let mut decoder = FrameDecoder::with_max_size(self.node.config.connection.max_message_size);
+        loop {
+            match decoder.decode_frame(&mut rbuf) {
+                Ok(Some(msg)) => self.on_message(id, msg, now),
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream is corrupt: nothing after this can be framed.
+                    rbuf.clear();
+                    self.machine.fail_link(id, CloseReason::ProtocolError(format!("undecodable frame: {e}")), now.into_std());
+                    break;
+                }
+            }
+        }
+        if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+            rbuf = BytesMut::new();
+        }
+        if let Some(l) = self.links.get_mut(i).filter(|l| l.id == id) {
+            l.rbuf = rbuf;
+        }
+    }
+
+    fn poll_write(&mut self, i: usize, cx: &mut Context<'_>, now: Instant) -> bool {
+        let link = &mut self.links[i];
+        let mut progress = false;
+        while !link.wbuf.is_empty() {
+            match Pin::new(&mut link.stream).poll_write(cx, &link.wbuf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    let id = link.id;
+                    link.wbuf.clear();
+                    self.machine.handle_link_closed(id, now.into_std());
+                    return true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    link.wbuf.advance(n);
+                    link.flush = true;
+                    link.write_wait = None;
+                    progress = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if link.wbuf.is_empty() {
+            link.write_wait = None;
+            if link.wbuf.capacity() > SHRINK_ABOVE {
+                link.wbuf = BytesMut::new();
+            }
+            if link.flush {
+                if let Poll::Ready(r) = Pin::new(&mut link.stream).poll_flush(cx) {
+                    link.flush = false;
+                    if r.is_err() {
+                        let id = link.id;
+                        self.machine.handle_link_closed(id, now.into_std());
+                        return true;
+                    }
+                }
+            }
+        } else if link.write_wait.is_none() {
+            link.write_wait = Some(now);
+        }
+        progress
+    }
+
+    fn arm_timer(&mut self) {
+        self.prune_expiry();
+        let now = Instant::now();
+        let far = now + Duration::from_secs(3600);
+        let mut d = self.machine.poll_timeout().map_or(far, Instant::from_std);
+        if let Some(Reverse((t, _))) = self.expiry.peek() {
+            d = d.min(*t);
+        }
+        let wt = self.node.config.connection.write_timeout;
+        for l in &self.links {
+            if let Some(t) = l.write_wait {
+                d = d.min(t + wt);
+            }
+        }
+        if let Some(c) = &self.closing {
+            if !c.dpr_sent {
+                d = d.min(c.drain_until);
+            }
+        }
+        for (_, t) in &self.draining {
+            d = d.min(*t);
+        }
+        // Never re-arm in the past: that would spin.
+        let d = d.max(now + Duration::from_micros(100));
+        if self.timer.is_elapsed() || self.timer.deadline() != d {
+            self.timer.as_mut().reset(d);
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        self.machine.handle_timeout(now.into_std());
+        self.expire(now);
+        let wt = self.node.config.connection.write_timeout;
+        let stalled: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|l| l.write_wait.is_some_and(|t| now.duration_since(t) >= wt))
+            .map(|l| l.id)
+            .collect();
+        for id in stalled {
+            self.machine.fail_link(id, CloseReason::WriteTimeout, now.into_std());
+        }
+    }
+
+    // ---- the machine's outputs ---------------------------------------------
+
+    /// Moves the machine's transmits into write buffers and acts on its
+    /// events, until it has nothing more to say.
+    fn process(&mut self, now: Instant) {
+        loop {
+            self.start_dpr_if_drained(now);
+            self.finish_drains(now);
+            let mut any = false;
+            while let Some((link, msg)) = self.machine.poll_transmit() {
+                any = true;
+                self.write_msg(link, &msg);
+            }
+            while let Some(ev) = self.machine.poll_event() {
+                any = true;
+                self.on_event(ev, now);
+                // Transmits queued before the next event (a CloseLink) must
+                // reach their link first.
+                while let Some((link, msg)) = self.machine.poll_transmit() {
+                    self.write_msg(link, &msg);
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn write_msg(&mut self, link: LinkId, msg: &Message) {
+        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
+        l.wbuf.extend_from_slice(msg.as_bytes());
+        self.shared.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.bytes_sent.fetch_add(msg.len() as u64, Ordering::Relaxed);
+    }
+
+    fn emit(&self, data: EventData) {
+        self.node.emit(self.shared.id, self.shared.remote.clone(), data);
+    }
+
+    fn on_event(&mut self, ev: Event, now: Instant) {
+        match ev {
+            Event::Dial { link } => self.start_dial(link, now),
+            Event::StateChanged { from, to } => {
+                tracing::debug!(peer = %Escaped(&self.shared.label()), from = from.name(), to = to.name(), "peer state");
+                self.shared.set_state(to);
+            }
+            Event::Up { link, direction, info, applications } => self.on_up(link, direction, *info, applications),
+            Event::Down { reason } => self.on_down(reason),
+            Event::CloseLink { link, reason } => self.on_close_link(link, reason, now),
+            Event::Watchdog { from, to } => {
+                tracing::info!(peer = %Escaped(&self.shared.label()), ?from, ?to, "watchdog");
+                let peer = self.shared.label().to_string();
+                self.emit(EventData::Custom(CustomEvent::new("watchdog", WatchdogChange { peer, from, to })));
+            }
+            Event::WatchdogAnswered { rtt } => {
+                let c = &self.shared.counters;
+                c.watchdog_answers.fetch_add(1, Ordering::Relaxed);
+                c.last_watchdog_rtt_us.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                self.shared.changed();
+                self.emit(EventData::HealthCheck { healthy: true, latency: rtt });
+            }
+            Event::Restarted { previous, current } => {
+                self.shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %Escaped(&self.shared.label()), previous, current, "peer restarted (Origin-State-Id changed)");
+                let peer = self.shared.label().to_string();
+                self.emit(EventData::Custom(CustomEvent::new("peer_restarted", PeerRestarted { peer, previous, current })));
+            }
+            Event::ReconnectScheduled { attempt, delay } => {
+                self.emit(EventData::ReconnectScheduled { attempt, delay });
+            }
+            Event::GaveUp => {
+                tracing::info!(peer = %Escaped(&self.shared.label()), "reconnect schedule gave up");
+            }
+            Event::Election { won } => {
+                tracing::info!(peer = %Escaped(&self.shared.label()), won, "election (RFC 6733 §5.6.4)");
+                let peer = self.shared.label().to_string();
+                self.emit(EventData::Custom(CustomEvent::new("election", Election { peer, won })));
+            }
+            Event::Replaced { old, new } => {
+                tracing::debug!(peer = %Escaped(&self.shared.label()), %old, %new, "connection replaced");
+                self.draining.push((old, now + self.node.config.connection.drain_timeout));
+                self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);
+                if let Some(l) = self.links.iter_mut().find(|l| l.id == new) {
+                    l.up = true;
+                    *lock(&self.shared.link) = Some(l.meta);
+                }
+                self.emit(EventData::Connected { first: false });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_up(&mut self, link: LinkId, direction: Direction, info: PeerInfo, applications: Vec<u32>) {
+        let meta = match self.links.iter_mut().find(|l| l.id == link) {
+            Some(l) => {
+                l.up = true;
+                l.meta.direction = direction;
+                l.meta
+            }
+            None => return,
+        };
+        tracing::info!(
+            peer = %Escaped(&info.origin_host),
+            direction = direction.as_str(),
+            transport = meta.transport.as_str(),
+            ?applications,
+            "peer up"
+        );
+        let peer = info.origin_host.clone();
+        *lock(&self.shared.label) = Arc::from(peer.as_str());
+        *lock(&self.shared.info) = Some(Arc::new(info));
+        *lock(&self.shared.link) = Some(meta);
+        *lock(&self.shared.last_error) = None;
+        self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);
+        self.shared.counters.ups.fetch_add(1, Ordering::Relaxed);
+        let first = std::mem::replace(&mut self.first_up, false);
+        let attempt = self.machine.attempt();
+        self.emit(EventData::Connected { first });
+        if !first {
+            self.emit(EventData::Reconnected { attempt: attempt.max(1) });
+        }
+        let up = PeerUp { peer, direction, transport: meta.transport, local: meta.local, remote: meta.remote };
+        self.emit(EventData::Custom(CustomEvent::new("peer_up", up)));
+        self.shared.changed();
+    }
+
+    fn on_down(&mut self, reason: CloseReason) {
+        tracing::info!(peer = %Escaped(&self.shared.label()), %reason, "peer down");
+        self.shared.counters.downs.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.shared.link) = None;
+        *lock(&self.shared.last_reason) = Some(reason.clone());
+        *lock(&self.shared.last_error) = Some(Error::from_close(&reason));
+        let local = matches!(reason, CloseReason::LocalDisconnect { .. });
+        let data = if local {
+            DisconnectReason::Closed
+        } else {
+            DisconnectReason::Failed(diam_link::Error::session(reason.clone()))
+        };
+        self.emit(EventData::Disconnected { reason: data });
+        let peer = self.shared.label().to_string();
+        self.emit(EventData::Custom(CustomEvent::new("peer_down", PeerDown { peer, reason: reason.clone() })));
+        if !local {
+            self.report_failure(reason);
+        }
+    }
+
+    fn report_failure(&self, reason: CloseReason) {
+        let failure = PeerFailure {
+            connection_id: self.shared.id,
+            peer_address: self.shared.target.clone(),
+            peer_origin_host: lock(&self.shared.info).as_ref().map(|i| i.origin_host.clone()),
+            reason,
+            state: self.machine.state(),
+            attempt: self.machine.attempt(),
+            reconnecting: !self.machine.is_stopped() && !self.targets.is_empty(),
+            timestamp: SystemTime::now(),
+        };
+        self.node.report_failure(self.shared.id, self.shared.remote.clone(), failure);
+    }
+
+    fn on_close_link(&mut self, link: LinkId, reason: CloseReason, now: Instant) {
+        // Requests written on it end now.
+        let lost: Vec<u32> = self.pending.iter().filter(|(_, p)| p.link == link).map(|(h, _)| *h).collect();
+        for hbh in lost {
+            if let Some(p) = self.pending.remove(&hbh) {
+                let error = match &reason {
+                    CloseReason::LocalDisconnect { .. } => Error::Closed,
+                    r => Error::ConnectionLost(r.clone()),
+                };
+                let _ = p.reply.send(Err(Unanswered { error, written: Some(p.end_to_end) }));
+            }
+        }
+        self.dials.retain(|d| d.link != link);
+        self.draining.retain(|(l, _)| *l != link);
+        let Some(i) = self.links.iter().position(|l| l.id == link) else { return };
+        let io = self.links.swap_remove(i);
+        if !io.up && !reason.is_clean() && !matches!(reason, CloseReason::LocalDisconnect { .. }) {
+            // An attempt that never came up.
+            self.shared.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.shared.last_error) = Some(Error::from_close(&reason));
+            *lock(&self.shared.last_reason) = Some(reason.clone());
+            tracing::debug!(peer = %Escaped(&self.shared.label()), %reason, "connection attempt failed");
+            self.emit(EventData::Error { error: diam_link::Error::session(reason.clone()) });
+            self.report_failure(reason.clone());
+            self.shared.changed();
+        } else if io.up && self.machine.state().is_connected() {
+            // A retired connection (rotation) finished.
+            self.emit(EventData::Disconnected { reason: DisconnectReason::Reconnect });
+        }
+        let _ = now;
+        let wbuf = match reason {
+            CloseReason::TransportClosed | CloseReason::WriteTimeout => BytesMut::new(),
+            _ => io.wbuf,
+        };
+        close_stream(io.stream, wbuf, self.node.config.connection.write_timeout);
+    }
+
+    // ---- dialling and inbound connections ----------------------------------
+
+    fn start_dial(&mut self, link: LinkId, now: Instant) {
+        if self.targets.is_empty() {
+            let reason = CloseReason::DialFailed { message: "the peer has no address to dial".into() };
+            self.machine.handle_dial_failed(link, reason, now.into_std());
+            return;
+        }
+        let addr = self.targets[self.next_target % self.targets.len()].clone();
+        self.emit(EventData::ConnectionCreated);
+        let connector = self.node.connector.clone();
+        let target = addr.clone();
+        let fut = Box::pin(async move { connector.connect(&target).await });
+        self.dials.push(Dial { link, addr, fut });
+    }
+
+    fn on_dialled(&mut self, dial: Dial, result: io::Result<Connection>, now: Instant) {
+        match result {
+            Ok(conn) => {
+                let ip = local_ip(conn.local);
+                self.links.push(LinkIo::new(dial.link, conn, Direction::Outbound, BytesMut::with_capacity(READ_CHUNK)));
+                self.machine.handle_dialled(dial.link, ip, now.into_std());
+            }
+            Err(e) => {
+                let addr = dial.addr.to_string();
+                let error = if e.kind() == io::ErrorKind::TimedOut {
+                    Error::ConnectTimeout(addr)
+                } else {
+                    Error::Connect { addr, source: e }
+                };
+                tracing::debug!(peer = %Escaped(&self.shared.label()), error = %error, "dial failed");
+                self.next_target = self.next_target.wrapping_add(1);
+                self.shared.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                let reason = CloseReason::DialFailed { message: error.to_string() };
+                *lock(&self.shared.last_reason) = Some(reason.clone());
+                *lock(&self.shared.last_error) = Some(error.clone());
+                self.emit(EventData::Error { error: diam_link::Error::session(error) });
+                self.machine.handle_dial_failed(dial.link, reason.clone(), now.into_std());
+                self.report_failure(reason);
+                self.shared.changed();
+            }
+        }
+    }
+
+    fn on_inbound(&mut self, inb: Inbound, now: Instant) {
+        let ip = local_ip(inb.conn.local);
+        let Inbound { conn, rbuf, cer, info } = inb;
+        if self.closing.is_some() {
+            let cea = diam_proto::psm::cea(self.machine.config(), &cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, Some(ip));
+            close_stream(conn.stream, BytesMut::from(cea.as_bytes()), self.node.config.connection.write_timeout);
+            return;
+        }
+        self.shared.counters.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.bytes_received.fetch_add(cer.len() as u64, Ordering::Relaxed);
+        match self.machine.handle_inbound(cer, info, ip, now.into_std()) {
+            Ok(link) => self.links.push(LinkIo::new(link, conn, Direction::Inbound, rbuf)),
+            Err(cea) => {
+                tracing::debug!(peer = %Escaped(&self.shared.label()), result_code = ?diam_proto::peer::result_code(&cea), "inbound connection refused");
+                close_stream(conn.stream, BytesMut::from(cea.as_bytes()), self.node.config.connection.write_timeout);
+            }
+        }
+    }
+
+    // ---- messages ------------------------------------------------------------
+
+    fn on_message(&mut self, link: LinkId, msg: Message, now: Instant) {
+        self.shared.counters.messages_received.fetch_add(1, Ordering::Relaxed);
+        let std_now = now.into_std();
+        if msg.is_request() {
+            if let Err(rejection) = check_request(&msg, self.node.dictionary(), self.node.config.mandatory_avps) {
+                self.shared.counters.rejected_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %Escaped(&self.shared.label()), %rejection, "request refused (RFC 6733 §7)");
+                self.machine.handle_traffic(link, std_now);
+                let c = &self.node.config.connection.peer;
+                let answer = rejection.answer(&msg, &c.origin_host, &c.origin_realm);
+                self.write_msg(link, &answer);
+                return;
+            }
+            if let Incoming::Request(req) = self.machine.handle_message(link, msg, std_now) {
+                self.dispatch(link, req);
+            }
+            return;
+        }
+        let hbh = msg.hop_by_hop();
+        if self.pending.contains_key(&hbh) {
+            if let Err(e) = check_answer(&msg) {
+                self.shared.counters.malformed_answers.fetch_add(1, Ordering::Relaxed);
+                self.machine.handle_traffic(link, std_now);
+                if let Some(p) = self.pending.remove(&hbh) {
+                    let _ = p.reply.send(Err(Unanswered { error: Error::MalformedAnswer(e), written: Some(p.end_to_end) }));
+                }
+                return;
+            }
+        }
+        if let Incoming::Answer(ans) = self.machine.handle_message(link, msg, std_now) {
+            match self.pending.remove(&ans.hop_by_hop()) {
+                Some(p) => {
+                    let _ = p.reply.send(Ok(ans));
+                }
+                None => {
+                    self.shared.counters.unknown_answers.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(hop_by_hop = ans.hop_by_hop(), "answer for no pending request dropped");
+                }
+            }
+        }
+    }
+
+    /// Runs the handler for an application request, or answers it directly.
+    fn dispatch(&mut self, link: LinkId, req: Message) {
+        let (Some(handler), Some(info)) = (self.node.handler(req.application_id()), lock(&self.shared.info).clone()) else {
+            self.answer_error(link, &req, result_codes::DIAMETER_COMMAND_UNSUPPORTED);
+            return;
+        };
+        if self.handlers.len() >= self.node.config.connection.max_concurrent_handlers {
+            self.answer_error(link, &req, result_codes::DIAMETER_TOO_BUSY);
+            return;
+        }
+        let mut fut = handler.handle(req.clone(), &info);
+        // Fast path: a handler that is ready at once answers inline, with
+        // no task spawned (the common case for simple servers).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+            Ok(Poll::Ready(resp)) => {
+                self.respond(link, &req, Ok(resp));
+                return;
+            }
+            Ok(Poll::Pending) => {}
+            Err(_) => {
+                self.answer_error(link, &req, result_codes::DIAMETER_UNABLE_TO_COMPLY);
+                return;
+            }
+        }
+        let abort = self.handlers.spawn(fut);
+        self.handler_requests.insert(abort.id(), (link, req));
+    }
+
+    fn handler_done(&mut self, done: Result<(tokio::task::Id, Response), tokio::task::JoinError>) {
+        let (id, answer) = match done {
+            Ok((id, answer)) => (id, Ok(answer)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let Some((link, req)) = self.handler_requests.remove(&id) else { return };
+        self.respond(link, &req, answer);
+    }
+
+    fn respond(&mut self, link: LinkId, req: &Message, answer: Result<Response, tokio::task::JoinError>) {
+        match answer {
+            Ok(Response::Answer(ans)) => self.machine.send_answer(link, ans),
+            Ok(Response::CommandUnsupported) => self.answer_error(link, req, result_codes::DIAMETER_COMMAND_UNSUPPORTED),
+            Ok(Response::NoAnswer) => {}
+            Err(e) => {
+                tracing::warn!(peer = %Escaped(&self.shared.label()), error = %e, "request handler failed");
+                self.answer_error(link, req, result_codes::DIAMETER_UNABLE_TO_COMPLY);
+            }
+        }
+    }
+
+    fn answer_error(&mut self, link: LinkId, req: &Message, result_code: u32) {
+        let c = &self.node.config.connection.peer;
+        let ans = error_answer(req, result_code, &c.origin_host, &c.origin_realm).build();
+        self.machine.send_answer(link, ans);
+    }
+
+    // ---- requests and commands -----------------------------------------------
+
+    fn command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Request { msg, reply, deadline, permit } => self.request(msg, reply, deadline, permit, now),
+            Command::Connect => {
+                if !self.targets.is_empty() && self.closing.is_none() {
+                    self.machine.connect(now.into_std());
+                }
+            }
+            Command::Close { cause, done } => self.begin_close(cause, Some(done), now),
+            Command::Rotate => {
+                if self.machine.rotate(now.into_std()) {
+                    self.emit(EventData::MarkedForReconnect);
+                }
+            }
+            Command::Probe => {
+                self.machine.probe(now.into_std());
+            }
+        }
+    }
+
+    fn request(
+        &mut self,
+        msg: Message,
+        reply: oneshot::Sender<Reply>,
+        deadline: Instant,
+        permit: OwnedSemaphorePermit,
+        now: Instant,
+    ) {
+        if reply.is_closed() {
+            return;
+        }
+        // Its caller's time ran out while it queued: the peer must not see
+        // it (it would do work no one waits for).
+        if deadline <= now {
+            self.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(Err(Unanswered::unsent(Error::Timeout)));
+            return;
+        }
+        if self.closing.is_some() {
+            let _ = reply.send(Err(Unanswered::unsent(Error::Closed)));
+            return;
+        }
+        let Some(link) = self.machine.sending_link() else {
+            let _ = reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
+            return;
+        };
+        let hbh = loop {
+            let h = self.machine.ids().next_hop_by_hop();
+            if !self.pending.contains_key(&h) {
+                break h;
+            }
+        };
+        let e2e = match msg.end_to_end() {
+            0 => self.machine.ids().next_end_to_end(),
+            e => e,
+        };
+        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else {
+            let _ = reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
+            return;
+        };
+        let start = l.wbuf.len();
+        l.wbuf.extend_from_slice(msg.as_bytes());
+        l.wbuf[start + 12..start + 16].copy_from_slice(&hbh.to_be_bytes());
+        l.wbuf[start + 16..start + 20].copy_from_slice(&e2e.to_be_bytes());
+        self.shared.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.bytes_sent.fetch_add(msg.len() as u64, Ordering::Relaxed);
+        self.pending.insert(hbh, Pending { reply, deadline, end_to_end: e2e, link, _permit: permit });
+        self.expiry.push(Reverse((deadline, hbh)));
+        if self.expiry.len() > 2 * self.pending.len() + 1024 {
+            // Answered entries linger in the heap until their deadline;
+            // rebuild so it stays O(pending).
+            self.expiry = self.pending.iter().map(|(h, p)| Reverse((p.deadline, *h))).collect();
+        }
+    }
+
+    fn begin_close(&mut self, cause: i32, done: Option<oneshot::Sender<()>>, now: Instant) {
+        match &mut self.closing {
+            Some(c) => c.waiters.extend(done),
+            None => {
+                self.machine.stop_reconnecting();
+                self.closing = Some(Closing {
+                    cause,
+                    waiters: done.into_iter().collect(),
+                    drain_until: now + self.node.config.connection.drain_timeout,
+                    dpr_sent: false,
+                });
+            }
+        }
+    }
+
+    /// Sends DPR once outstanding requests are answered (or the drain time
+    /// is up).
+    fn start_dpr_if_drained(&mut self, now: Instant) {
+        let Some(c) = &mut self.closing else { return };
+        if c.dpr_sent || (!self.pending.is_empty() && now < c.drain_until) {
+            return;
+        }
+        c.dpr_sent = true;
+        let cause = c.cause;
+        self.machine.disconnect(cause, now.into_std());
+    }
+
+    /// Rotated-out links: DPR once their requests are answered.
+    fn finish_drains(&mut self, now: Instant) {
+        if self.draining.is_empty() {
+            return;
+        }
+        let pending = &self.pending;
+        let ready: Vec<LinkId> = self
+            .draining
+            .iter()
+            .filter(|(l, until)| now >= *until || !pending.values().any(|p| p.link == *l))
+            .map(|(l, _)| *l)
+            .collect();
+        for l in ready {
+            self.draining.retain(|(d, _)| *d != l);
+            self.machine.disconnect_link(l, disconnect_cause::REBOOTING, now.into_std());
+        }
+    }
+
+    /// Drops heap entries of requests already answered from the top, so the
+    /// timer tracks the earliest real deadline.
+    fn prune_expiry(&mut self) {
+        while let Some(Reverse((t, hbh))) = self.expiry.peek().copied() {
+            if self.pending.get(&hbh).is_some_and(|p| p.deadline == t) {
+                break;
+            }
+            self.expiry.pop();
+        }
+    }
+
+    /// Fails requests whose deadline has passed.
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((t, hbh))) = self.expiry.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.expiry.pop();
+            if self.pending.get(&hbh).is_some_and(|p| p.deadline == t) {
+                if let Some(p) = self.pending.remove(&hbh) {
+                    self.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    let _ = p.reply.send(Err(Unanswered { error: Error::Timeout, written: Some(p.end_to_end) }));
+                }
+            }
+        }
+    }
+
+    /// Completes everything that still waits on this peer.
+    fn finish(mut self) {
+        let error = lock(&self.shared.last_error).clone().unwrap_or(Error::Closed);
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(Unanswered { error: error.clone(), written: Some(p.end_to_end) }));
+        }
+        self.commands.close();
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Request { reply, .. } => {
+                    let _ = reply.send(Err(Unanswered::unsent(error.clone())));
+                }
+                Command::Close { done, .. } => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+        self.inbound.close();
+        while let Ok(inb) = self.inbound.try_recv() {
+            let cea = diam_proto::psm::cea(self.machine.config(), &inb.cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, None);
+            close_stream(inb.conn.stream, BytesMut::from(cea.as_bytes()), self.node.config.connection.write_timeout);
+        }
+        if let Some(c) = self.closing.take() {
+            for w in c.waiters {
+                let _ = w.send(());
+            }
+        }
+        self.shared.set_state(PeerState::Closed);
+        self.node.forget(&self.shared);
+        if let Some(retire) = self.shared.retire.get() {
+            retire();
+        }
+    }
+}
+
+/// Reads a stream until one whole frame is in `rbuf` (the inbound CER),
+/// keeping what follows it.
+pub(crate) async fn read_first<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Message, String> {
+    use tokio::io::AsyncReadExt;
+    let mut decoder = FrameDecoder::with_max_size(max_size);
+    loop {
+        match decoder.decode_frame(rbuf) {
+            Ok(Some(m)) => return Ok(m),
+            Ok(None) => {}
+            Err(e) => return Err(format!("undecodable frame: {e}")),
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) => return Err("closed before the CER".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
