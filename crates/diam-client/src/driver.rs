@@ -533,6 +533,7 @@ impl PeerTask {
                 tracing::debug!(peer = %Escaped(&self.shared.label()), %old, %new, "connection replaced");
                 self.draining.push((old, now + self.node.config.connection.drain_timeout));
                 self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);
+                self.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
                 if let Some(l) = self.links.iter_mut().find(|l| l.id == new) {
                     l.up = true;
                     *lock(&self.shared.link) = Some(l.meta);
@@ -566,6 +567,7 @@ impl PeerTask {
         *lock(&self.shared.last_error) = None;
         self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);
         self.shared.counters.ups.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
         let first = std::mem::replace(&mut self.first_up, false);
         let attempt = self.machine.attempt();
         self.emit(EventData::Connected { first });

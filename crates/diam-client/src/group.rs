@@ -332,7 +332,7 @@ impl MemberState {
 }
 
 /// The members usable now, kept current as members change (never rebuilt
-/// per request), so a pick is O(1).
+/// per request), so a pick is O(1) (O(log n) for the weighted strategy).
 #[derive(Default)]
 struct Usable {
     list: Vec<usize>,
@@ -340,11 +340,40 @@ struct Usable {
     pos: Vec<usize>,
     /// Least recently used first (the LRU strategy).
     lru: VecDeque<usize>,
+    /// Running sums of the configured weights along `list` (weighted
+    /// strategy), rebuilt when the set changes.
+    cumulative: Vec<u64>,
 }
 
 impl Usable {
     fn new(members: usize) -> Self {
-        Usable { list: Vec::with_capacity(members), pos: vec![usize::MAX; members], lru: VecDeque::new() }
+        Usable {
+            list: Vec::with_capacity(members),
+            pos: vec![usize::MAX; members],
+            lru: VecDeque::new(),
+            cumulative: Vec::new(),
+        }
+    }
+
+    fn rebuild_weights(&mut self, weight: impl Fn(usize) -> u32) {
+        self.cumulative.clear();
+        let mut total = 0u64;
+        for &m in &self.list {
+            total += u64::from(weight(m));
+            self.cumulative.push(total);
+        }
+    }
+
+    /// A usable member drawn with probability proportional to its weight
+    /// (uniformly when every weight is 0).
+    fn draw_weighted(&self, rng: &mut SplitMix64) -> Option<usize> {
+        let total = *self.cumulative.last()?;
+        if total == 0 {
+            return self.list.get(st_index(rng, self.list.len())).copied();
+        }
+        let target = rng.next_u64() % total;
+        let k = self.cumulative.partition_point(|&c| c <= target);
+        self.list.get(k).copied()
     }
 
     fn set(&mut self, member: usize, usable: bool) {
@@ -1086,6 +1115,33 @@ impl GroupInner {
                 st.usable.lru.push_back(i);
                 Some(i)
             }
+            Strategy::Weighted => {
+                // Drawn in proportion to the configured weight, then kept with
+                // a probability equal to the member's efficiency (diam-link's
+                // score over its weight: failure rate, latency, recent
+                // failures): a healthy group is split exactly by weight.
+                let mut last = None;
+                for _ in 0..4 {
+                    let Some(i) = st.usable.draw_weighted(&mut st.rng) else { break };
+                    if !ok(i) {
+                        continue;
+                    }
+                    last = Some(i);
+                    let weight = self.members[i].weight;
+                    let candidate = Candidate::new(i)
+                        .in_flight(self.members[i].in_flight.load(Ordering::Relaxed))
+                        .weight(weight)
+                        .failure_rate(st.members[i].failure_rate)
+                        .latency(st.members[i].latency);
+                    let w = st.weighted.as_ref()?;
+                    let efficiency = if weight == 0 { 1.0 } else { w.score(&candidate, now) / f64::from(weight) };
+                    let roll = (st.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                    if roll < efficiency {
+                        return Some(i);
+                    }
+                }
+                last.or_else(|| st.usable.list.iter().copied().find(|&i| ok(i)))
+            }
             Strategy::Random => {
                 for _ in 0..4 {
                     let i = st.usable.list[draw(&mut st.rng)];
@@ -1095,8 +1151,8 @@ impl GroupInner {
                 }
                 st.usable.list.iter().copied().find(|&i| ok(i))
             }
-            // Power of two choices (least-outstanding, weighted, and any
-            // strategy added later).
+            // Power of two choices on the requests in flight
+            // (least-outstanding, and any strategy added later).
             _ => {
                 let a = st.usable.list[draw(&mut st.rng)];
                 let b = if n > 1 {
@@ -1118,19 +1174,7 @@ impl GroupInner {
                     return Some(a);
                 }
                 let flight = |i: usize| self.members[i].in_flight.load(Ordering::Relaxed);
-                if strategy == Strategy::LeastOutstanding {
-                    return Some(if flight(b) < flight(a) { b } else { a });
-                }
-                let cand = |i: usize| {
-                    Candidate::new(i)
-                        .in_flight(flight(i))
-                        .weight(self.members[i].weight)
-                        .failure_rate(st.members[i].failure_rate)
-                        .latency(st.members[i].latency)
-                };
-                let pair = [cand(a), cand(b)];
-                let w = st.weighted.as_mut()?;
-                w.pick(&pair, now).map(|k| *pair[k].id())
+                Some(if flight(b) < flight(a) { b } else { a })
             }
         }
     }
@@ -1141,6 +1185,9 @@ impl GroupInner {
         let was = st.usable.pos[member] != usize::MAX;
         if usable != was {
             st.usable.set(member, usable);
+            if st.weighted.is_some() {
+                st.usable.rebuild_weights(|m| self.members[m].weight);
+            }
             if let Some(f) = &mut st.failover {
                 f.set_available(member, usable, now.into_std());
                 drain_failover(f, out);

@@ -64,6 +64,7 @@ pub(crate) struct Counters {
     pub(crate) watchdog_answers: AtomicU64,
     pub(crate) last_watchdog_rtt_us: AtomicU64,
     pub(crate) ups: AtomicU64,
+    pub(crate) connections_opened: AtomicU64,
     pub(crate) downs: AtomicU64,
     pub(crate) failed_attempts: AtomicU64,
     pub(crate) restarts: AtomicU64,
@@ -95,6 +96,9 @@ pub struct PeerStats {
     pub last_watchdog_rtt: Duration,
     /// Times the peer came up.
     pub ups: u64,
+    /// Connections that completed their capabilities exchange (each up, and
+    /// each replacement of a rotation).
+    pub connections_opened: u64,
     /// Times it went down after being up.
     pub downs: u64,
     /// Connection attempts that failed before the peer was up (dial or
@@ -245,6 +249,7 @@ impl PeerShared {
             watchdog_answers: l(&c.watchdog_answers),
             last_watchdog_rtt: Duration::from_micros(l(&c.last_watchdog_rtt_us)),
             ups: l(&c.ups),
+            connections_opened: l(&c.connections_opened),
             downs: l(&c.downs),
             failed_attempts: l(&c.failed_attempts),
             restarts: l(&c.restarts),
@@ -374,6 +379,11 @@ impl PeerHandle {
             match self.state() {
                 PeerState::Open => return Ok(()),
                 PeerState::Closed => return Err(self.shared.final_error()),
+                // The first establishment failed: every waiter gets its error
+                // now; the next attempt stays paced by the schedule.
+                PeerState::Reconnecting | PeerState::Disconnected if self.never_up_and_failed() => {
+                    return Err(self.shared.final_error())
+                }
                 PeerState::Disconnected if self.shared.lazy => self.connect(),
                 PeerState::Disconnected if self.shared.target.is_none() => return Err(Error::NotConnected),
                 PeerState::Reconnecting if self.shared.fail_fast_reconnecting => return Err(Error::Reconnecting),
@@ -385,6 +395,11 @@ impl PeerHandle {
                 Err(_) => return Err(Error::Timeout),
             }
         }
+    }
+
+    fn never_up_and_failed(&self) -> bool {
+        let c = &self.shared.counters;
+        c.ups.load(Ordering::Relaxed) == 0 && c.failed_attempts.load(Ordering::Relaxed) > 0
     }
 
     /// Waits until the peer is open for requests, up to `timeout`; fails with

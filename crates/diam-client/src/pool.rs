@@ -545,7 +545,7 @@ impl AddressClient {
             errors_by_kind,
             active_connections: entries.len() as u64,
             entries_created: c.created.load(Ordering::Relaxed),
-            connections_created: traffic.ups,
+            connections_created: traffic.connections_opened,
             failed_attempts: traffic.failed_attempts,
             connections_lost: traffic.downs,
             connections_closed: c.closed.load(Ordering::Relaxed),
@@ -628,6 +628,7 @@ pub(crate) fn add_stats(total: &mut PeerStats, s: &PeerStats) {
     total.rejected_requests += s.rejected_requests;
     total.watchdog_answers += s.watchdog_answers;
     total.ups += s.ups;
+    total.connections_opened += s.connections_opened;
     total.downs += s.downs;
     total.failed_attempts += s.failed_attempts;
     total.restarts += s.restarts;

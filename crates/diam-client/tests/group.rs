@@ -119,12 +119,18 @@ async fn least_outstanding_avoids_the_busy_peer() {
     let client = pool();
     let group = PeerGroup::new(&client, addrs(&servers), GroupConfig::balance(Strategy::LeastOutstanding)).unwrap();
     all_usable(&group).await;
-    // One request parks on the slow member.
-    let g = group.clone();
-    let slow = tokio::spawn(async move { g.send_with_timeout(ccr(0, false), Duration::from_secs(7200)).await });
-    while group.health_statistics()[0].in_flight == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // One request parks on the slow member (the fast ones answer the
+    // others at once; ties are broken at random).
+    let slow = loop {
+        let g = group.clone();
+        let h = tokio::spawn(async move { g.send_with_timeout(ccr(0, false), Duration::from_secs(7200)).await });
+        while !h.is_finished() && group.health_statistics()[0].in_flight == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if group.health_statistics()[0].in_flight == 1 {
+            break h;
+        }
+    };
     send_sequentially(&group, 40).await;
     let stats = group.health_statistics();
     assert_eq!(stats[0].requests, 1, "nothing more went to the busy member: {stats:?}");
@@ -207,7 +213,7 @@ async fn failover_then_failback_only_after_the_stable_period() {
     send_sequentially(&group, 5).await;
     assert_eq!(servers[1].requests(), 5, "the secondary took over");
     assert_eq!(group.failover_state(), Some(FailoverState::Secondary));
-    assert_eq!(group.active(), Some(servers[1].addr));
+    assert_eq!(group.active(), Some(1));
 
     servers[0].restart().await;
     // The primary reconnects (pool backoff) and its breaker lets it through.
@@ -239,7 +245,7 @@ async fn failover_then_failback_only_after_the_stable_period() {
     assert_eq!((reconnects[0].connections_lost, reconnects[0].reopened), (1, 1));
 
     // Manual failover holds traffic on the secondary until a manual failback.
-    assert_eq!(group.failover(), Some(servers[1].addr));
+    assert_eq!(group.failover(), Some(1));
     tokio::time::sleep(Duration::from_secs(120)).await;
     send_sequentially(&group, 3).await;
     assert_eq!(servers[1].requests(), 13);

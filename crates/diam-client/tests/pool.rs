@@ -42,7 +42,7 @@ async fn one_connection_per_address_with_single_flight_establishment() {
     assert_eq!(peer.connections.load(Ordering::SeqCst), 1);
     let s = client.stats();
     assert_eq!((s.requests, s.answers, s.connections_created, s.active_connections), (1000, 1000, 1, 1));
-    assert_eq!(client.list_connections(), vec![peer.addr]);
+    assert_eq!(client.list_connections(), vec![peer.addr.into()]);
     let snap = client.connection(peer.addr).unwrap();
     assert_eq!(snap.origin_host.as_deref(), Some("peer.test"));
     assert!(snap.stats.messages_sent >= 1001);
@@ -84,10 +84,15 @@ async fn failed_establishment_reaches_every_waiter_and_is_retried_next_time() {
     while let Some(r) = joins.join_next().await {
         assert_eq!(r.unwrap().unwrap_err().kind_name(), "connect");
     }
-    assert_eq!(client.stats().failed_establishments, 1);
-    assert_eq!(client.active_connections(), 0);
-    assert!(client.send(addr, ccr(1)).await.is_err());
-    assert_eq!(client.stats().failed_establishments, 2);
+    assert_eq!(client.stats().failed_attempts, 1, "one dial for all twenty");
+    // The next send gets the error at once; the next dial waits for the
+    // reconnect schedule (no dial per send).
+    let started = Instant::now();
+    assert_eq!(client.send(addr, ccr(1)).await.unwrap_err().kind_name(), "connect");
+    assert!(started.elapsed() < Duration::from_millis(40), "{:?}", started.elapsed());
+    assert_eq!(client.stats().failed_attempts, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(client.stats().failed_attempts >= 2, "the schedule dials again by itself");
     let s = client.stats();
     assert_eq!(s.requests, s.answers + s.errors + s.timeouts);
 }
@@ -140,11 +145,10 @@ async fn failure_removes_the_entry_at_once_without_reconnect() {
     assert_eq!(client.active_connections(), 0);
     let f = seen.lock().unwrap()[0].clone();
     assert!(!f.reconnecting);
-    assert_eq!(f.info.peer_address, peer.addr);
-    assert!(f.cleanup_latency < Duration::from_millis(100), "{:?}", f.cleanup_latency);
-    eprintln!("entry removed {removed_after:?} after the kill (cleanup {:?} after detection)", f.cleanup_latency);
+    assert_eq!(f.peer_address, Some(peer.addr.into()));
+    eprintln!("entry removed and callback run {removed_after:?} after the kill");
     assert!(removed_after < Duration::from_millis(200));
-    assert_eq!(client.stats().failure_callbacks, 1);
+    assert_eq!(seen.lock().unwrap().len(), 1);
 
     // The next send dials afresh.
     peer.restart().await;
@@ -177,8 +181,8 @@ async fn reconnects_in_place_and_reports_events() {
     let ans = client.send(peer.addr, ccr(2)).await.unwrap();
     assert_eq!(ans.get(avps::RESULT_CODE).unwrap(), Some(2001));
     let s = client.stats();
-    assert_eq!(s.reconnects, 1);
-    assert!(s.reconnect_attempts >= 1);
+    assert_eq!(s.connections_created, 2);
+    assert_eq!(s.connections_lost, 1);
     assert_eq!(client.connection(peer.addr).unwrap().reconnects, 1);
     let ev = events.lock().unwrap().clone();
     assert_eq!(ev.first(), Some(&"connected"));
