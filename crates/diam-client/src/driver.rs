@@ -133,6 +133,11 @@ pub(crate) struct PeerTask {
     closing: Option<Closing>,
     draining: Vec<(LinkId, Instant)>,
     first_up: bool,
+    /// The last reconnect attempt scheduled (for the `reconnected` event).
+    last_attempt: u32,
+    /// Enter the identity table once the identity is known (with our own
+    /// inbound sender).
+    learn: Option<mpsc::Sender<Inbound>>,
 }
 
 pub(crate) struct TaskInit {
@@ -142,6 +147,7 @@ pub(crate) struct TaskInit {
     pub(crate) targets: Vec<PeerAddr>,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) inbound: mpsc::Receiver<Inbound>,
+    pub(crate) learn: Option<mpsc::Sender<Inbound>>,
 }
 
 fn local_ip(conn_local: Option<std::net::SocketAddr>) -> IpAddr {
@@ -184,6 +190,8 @@ impl PeerTask {
             closing: None,
             draining: Vec::new(),
             first_up: true,
+            last_attempt: 0,
+            learn: init.learn,
         }
     }
 
@@ -519,6 +527,7 @@ impl PeerTask {
                 self.emit(EventData::Custom(CustomEvent::new("peer_restarted", PeerRestarted { peer, previous, current })));
             }
             Event::ReconnectScheduled { attempt, delay } => {
+                self.last_attempt = attempt;
                 self.emit(EventData::ReconnectScheduled { attempt, delay });
             }
             Event::GaveUp => {
@@ -561,6 +570,9 @@ impl PeerTask {
             "peer up"
         );
         let peer = info.origin_host.clone();
+        if let Some(tx) = self.learn.take() {
+            self.node.learned(&self.shared, &peer, tx);
+        }
         *lock(&self.shared.label) = Arc::from(peer.as_str());
         *lock(&self.shared.info) = Some(Arc::new(info));
         *lock(&self.shared.link) = Some(meta);
@@ -569,7 +581,7 @@ impl PeerTask {
         self.shared.counters.ups.fetch_add(1, Ordering::Relaxed);
         self.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
         let first = std::mem::replace(&mut self.first_up, false);
-        let attempt = self.machine.attempt();
+        let attempt = std::mem::take(&mut self.last_attempt);
         self.emit(EventData::Connected { first });
         if !first {
             self.emit(EventData::Reconnected { attempt: attempt.max(1) });

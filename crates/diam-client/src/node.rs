@@ -85,6 +85,9 @@ pub(crate) struct PeerSpec {
     /// Dial on the first send rather than at once.
     pub(crate) lazy: bool,
     pub(crate) fail_fast_reconnecting: bool,
+    /// Enter the identity table under the identity the first capabilities
+    /// exchange reveals (a configured peer known by its address only).
+    pub(crate) learn: bool,
 }
 
 impl NodeShared {
@@ -155,9 +158,23 @@ impl NodeShared {
             targets: spec.targets,
             commands: rx,
             inbound: irx,
+            learn: spec.learn.then(|| itx.clone()),
         });
         tokio::spawn(task.run());
         (handle, itx)
+    }
+
+    /// A configured peer known by its address learned its identity: inbound
+    /// connections from it go to it from now on (unless another configured
+    /// peer has that identity).
+    pub(crate) fn learned(&self, shared: &Arc<PeerShared>, identity: &str, inbound: mpsc::Sender<Inbound>) {
+        let key = identity.to_ascii_lowercase();
+        let mut t = lock(&self.table);
+        if t.by_identity.get(&key).is_some_and(|r| r.configured) {
+            return;
+        }
+        let handle = PeerHandle { shared: shared.clone(), owner: None };
+        t.by_identity.insert(key, Registered { handle, inbound, configured: true });
     }
 
     fn peer_count(&self) -> usize {
@@ -187,6 +204,7 @@ impl NodeShared {
                         policy: None,
                         lazy: false,
                         fail_fast_reconnecting: false,
+                        learn: false,
                     };
                     let (handle, tx) = self.spawn_peer(spec);
                     lock(&self.table)
@@ -501,6 +519,7 @@ impl Node {
             policy: shared.config.reconnect.policy(seed()),
             lazy: false,
             fail_fast_reconnecting: false,
+            learn: false,
         };
         let (handle, tx) = shared.spawn_peer(spec);
         let replaced = lock(&shared.table)
@@ -519,6 +538,32 @@ impl Node {
     fn owned(&self, mut handle: PeerHandle) -> PeerHandle {
         handle.owner = Some(self.owner.clone() as Arc<dyn std::any::Any + Send + Sync>);
         handle
+    }
+
+    /// Adds a configured peer known only by its address: kept connected like
+    /// [`add_peer`](Self::add_peer), and entered in the identity table under
+    /// the identity its first capabilities exchange reveals. Until then an
+    /// inbound connection from it cannot be matched to it, so prefer
+    /// [`add_peer`](Self::add_peer) where both sides connect (election).
+    pub fn add_address_peer(&self, addr: PeerAddr) -> Result<PeerHandle, Error> {
+        let shared = self.shared();
+        if shared.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        if shared.peer_count() >= shared.config.max_peers {
+            return Err(Error::PoolFull(shared.config.max_peers));
+        }
+        let spec = PeerSpec {
+            identity: None,
+            targets: vec![addr],
+            policy: shared.config.reconnect.policy(seed()),
+            lazy: false,
+            fail_fast_reconnecting: false,
+            learn: true,
+        };
+        let (handle, _tx) = shared.spawn_peer(spec);
+        handle.connect();
+        Ok(self.owned(handle))
     }
 
     /// The peer with this identity (configured, or connected to us), if any.
@@ -548,6 +593,7 @@ impl Node {
             policy: never.policy(0),
             lazy: false,
             fail_fast_reconnecting: false,
+            learn: false,
         };
         let (handle, _tx) = shared.spawn_peer(spec);
         handle.connect();
@@ -567,7 +613,8 @@ impl Node {
         policy: Option<Box<dyn ReconnectPolicy>>,
         fail_fast_reconnecting: bool,
     ) -> PeerHandle {
-        let spec = PeerSpec { identity: None, targets: vec![addr], policy, lazy: true, fail_fast_reconnecting };
+        let spec =
+            PeerSpec { identity: None, targets: vec![addr], policy, lazy: true, fail_fast_reconnecting, learn: false };
         let handle = self.shared().spawn_peer(spec).0;
         self.owned(handle)
     }

@@ -4,7 +4,8 @@
 //! Each cell: a fresh server and client on 127.0.0.1 (one TCP connection),
 //! N worker tasks each sending a Credit-Control-Request (application 4,
 //! command 272: Session-Id, Origin-Host, Origin-Realm, Destination-Realm,
-//! Auth-Application-Id, CC-Request-Type, CC-Request-Number) and awaiting its
+//! Auth-Application-Id, Service-Context-Id, CC-Request-Type,
+//! CC-Request-Number) and awaiting its
 //! answer back to back, so N requests are always in flight. Both servers
 //! answer the same CCA (Session-Id, Result-Code 2001, Origin-Host,
 //! Origin-Realm, Auth-Application-Id, CC-Request-Type, CC-Request-Number).
@@ -14,9 +15,9 @@
 //!
 //! Implementations:
 //! * `diam AddressClient`: our pool (`diam_client::AddressClient`, what
-//!   `diam bench` uses) against `diam_client::Server`.
-//! * `diam Peer`: our single connection (`diam_client::Peer`) against the
-//!   same server, to show what the pool layer costs.
+//!   `diam bench` uses) against a `diam_client::Node` serving the handler.
+//! * `diam Peer`: a node's peer handle (`diam_client::PeerHandle`) against
+//!   the same server, to show what the pool layer costs.
 //! * `diameter 0.7.1`: its `DiameterClient` against its `DiameterServer`.
 //!   Its `send_message` takes `&mut self`, so the workers share the client
 //!   behind a `tokio::sync::Mutex` held only while the request is written;
@@ -42,7 +43,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diam_client::{handler_fn, AddressClient, ConnectionConfig, Hooks, Peer, PoolConfig, Response, Server};
+use diam_client::{handler_fn, AddressClient, ConnectionConfig, Node, NodeConfig, PoolConfig, Response};
 use diam_proto::peer::result_code;
 use diam_proto::{apps, avps, commands, result_codes, Message};
 use diameter::avp::flags::M;
@@ -155,6 +156,7 @@ fn our_ccr(n: u64) -> Message {
         .avp(avps::ORIGIN_REALM, CLIENT_REALM)
         .avp(avps::DESTINATION_REALM, SERVER_REALM)
         .avp(avps::AUTH_APPLICATION_ID, apps::CREDIT_CONTROL)
+        .avp(avps::SERVICE_CONTEXT_ID, "32251@3gpp.org")
         .avp(avps::CC_REQUEST_TYPE, 1i32)
         .avp(avps::CC_REQUEST_NUMBER, 0u32)
         .build()
@@ -181,22 +183,15 @@ fn our_answer_ok(ans: &Message) -> bool {
     result_code(ans) == Some(2001)
 }
 
-/// Our server on an ephemeral port; dropping the sender shuts it down.
-async fn start_our_server() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let mut config = ConnectionConfig::new(SERVER_HOST, SERVER_REALM);
-    config.peer.auth_application_ids = vec![apps::RELAY];
-    config.max_concurrent_handlers = 4096;
+/// Our server on an ephemeral port; dropping the node shuts it down.
+async fn start_our_server() -> (SocketAddr, Node) {
+    let mut config = NodeConfig::new(SERVER_HOST, SERVER_REALM);
+    config.connection.peer.auth_application_ids = vec![apps::RELAY];
+    config.connection.max_concurrent_handlers = 4096;
     let handler = handler_fn(|req: Message| async move { Response::Answer(our_cca(&req)) });
-    let server =
-        Server::bind("127.0.0.1:0".parse().unwrap(), config, Hooks { handler: Some(handler), ..Hooks::default() })
-            .await
-            .expect("bind our server");
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = rx.await;
-    }));
-    (addr, tx)
+    let node = Node::builder(config).default_handler(handler).accept_any().build().expect("our server");
+    let addr = node.listen_tcp("127.0.0.1:0".parse().unwrap()).await.expect("bind our server");
+    (addr, node)
 }
 
 fn client_config() -> ConnectionConfig {
@@ -224,7 +219,8 @@ async fn bench_ours_pool(inflight: usize, warmup: Duration, window: Duration) ->
 
 async fn bench_ours_peer(inflight: usize, warmup: Duration, window: Duration) -> Cell {
     let (addr, shutdown) = start_our_server().await;
-    let peer = Peer::connect(addr, client_config()).await.expect("connect (ours)");
+    let node = Node::builder(NodeConfig { connection: client_config(), ..NodeConfig::default() }).build().unwrap();
+    let peer = node.connect(addr.into()).await.expect("connect (ours)");
     let p = peer.clone();
     let send: SendFn = Arc::new(move |n| {
         let p = p.clone();
@@ -252,6 +248,7 @@ fn their_ccr(dict: &Arc<DDictionary>, seq: u32, n: u64) -> DiameterMessage {
     m.add_avp(296, None, M, DIdentity::new(CLIENT_REALM).into());
     m.add_avp(283, None, M, DIdentity::new(SERVER_REALM).into());
     m.add_avp(258, None, M, DUnsigned32::new(4).into());
+    m.add_avp(461, None, M, DUtf8String::new("32251@3gpp.org").into());
     m.add_avp(416, None, M, DEnumerated::new(1).into());
     m.add_avp(415, None, M, DUnsigned32::new(0).into());
     m

@@ -15,12 +15,13 @@
 //!   the intended time, so a stall shows in the percentiles (no coordinated
 //!   omission).
 //!
-//! Every request is counted exactly once, when it completes, as an answer
-//! (whatever its Result-Code), an error (by [`Error::kind_name`], and by
-//! whether the request was retryable) or a timeout; a retransmitted request
-//! is still one request. The run waits for every outstanding request (each
-//! ends by its timeout), so `requests == answers + errors + timeouts` always
-//! holds.
+//! `requests` is counted when a request is submitted; its outcome is counted
+//! separately, once, when it completes, as an answer (whatever its
+//! Result-Code), an error (by [`Error::kind_name`], and by whether the
+//! request was retryable) or a timeout; a retransmitted request is still one
+//! request. The run waits for every outstanding request (each ends by its
+//! timeout), so `requests == answers + errors + timeouts` is a check: a
+//! request lost on the way breaks it.
 //!
 //! `--events FILE`: a listener on the pool's event dispatcher clones each
 //! lifecycle event (cheap, no allocation) into a bounded channel; a writer
@@ -29,14 +30,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use diam_client::{AddressClient, Error, GroupConfig, PeerGroup, PoolConfig, PoolFailure};
+use diam_client::{AddressClient, Error, GroupConfig, PeerAddr, PeerGroup, PoolConfig, PoolFailure};
 use diam_link::breaker::BreakerEvent;
 use diam_link::events::{DisconnectReason, Event, EventData, EventKind, Subscription};
 use diam_link::failover::{FailoverConfig, FailoverEvent};
@@ -51,6 +51,9 @@ use tokio::time::Instant;
 
 use crate::{BenchArgs, Failure};
 
+/// Service-Context-Id of the standard workload (3GPP TS 32.251's PS charging
+/// context).
+pub(crate) const SERVICE_CONTEXT: &str = "32251@3gpp.org";
 /// Highest latency the histogram tracks exactly (larger values saturate).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// How early the open loop may send (the tokio timer's resolution).
@@ -111,7 +114,7 @@ impl Tally {
         self.errors.values().sum()
     }
 
-    fn requests(&self) -> u64 {
+    fn outcomes(&self) -> u64 {
         self.answers + self.timeouts + self.errors_total()
     }
 
@@ -184,7 +187,8 @@ struct Ctx {
     destination_realm: String,
     /// Makes Session-Ids unique across runs.
     boot: u64,
-    /// Requests started (also the Session-Id suffix).
+    /// Requests submitted, counted before each is sent (also the Session-Id
+    /// suffix).
     next: AtomicU64,
     tally: Mutex<Tally>,
     stop: AtomicBool,
@@ -205,6 +209,9 @@ impl Ctx {
             .avp(avps::ORIGIN_REALM, self.origin_realm.as_str())
             .avp(avps::DESTINATION_REALM, self.destination_realm.as_str())
             .avp(avps::AUTH_APPLICATION_ID, apps::CREDIT_CONTROL)
+            // RFC 4006 §3.1: every CCR carries it (python-diameter answers
+            // 5005 without it).
+            .avp(avps::SERVICE_CONTEXT_ID, SERVICE_CONTEXT)
             .avp(avps::CC_REQUEST_TYPE, 1i32) // INITIAL_REQUEST
             .avp(avps::CC_REQUEST_NUMBER, 0u32)
             .build();
@@ -309,7 +316,7 @@ fn link_error_text(e: &diam_link::Error) -> String {
 
 /// One `--events` line; `peers` names the members that failover events
 /// refer to by index.
-fn event_json(ev: &Event, peers: &[SocketAddr]) -> Value {
+fn event_json(ev: &Event, peers: &[String]) -> Value {
     let mut m = Map::new();
     m.insert("ts_us".into(), json!(unix_us(ev.timestamp())));
     m.insert("event".into(), json!(ev.kind().as_str()));
@@ -355,7 +362,7 @@ fn event_json(ev: &Event, peers: &[SocketAddr]) -> Value {
                 m.insert("from".into(), json!(f.from().as_str()));
                 m.insert("to".into(), json!(f.to().as_str()));
                 m.insert("reason".into(), json!(format!("{:?}", f.reason())));
-                let active = f.active().and_then(|i| peers.get(i)).map(ToString::to_string);
+                let active = f.active().and_then(|i| peers.get(i)).cloned();
                 m.insert("peer".into(), json!(active));
             } else {
                 m.insert("value".into(), json!(format!("{c:?}")));
@@ -406,7 +413,7 @@ impl EventLog {
 }
 
 /// Appends event lines to `file`, flushing whenever the queue runs dry.
-fn writer_thread(file: std::fs::File, rx: Receiver<WriterMsg>, peers: &[SocketAddr]) -> std::io::Result<()> {
+fn writer_thread(file: std::fs::File, rx: Receiver<WriterMsg>, peers: &[String]) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(file);
     while let Ok(msg) = rx.recv() {
         let mut next = Some(msg);
@@ -432,7 +439,7 @@ struct EventWriter {
 }
 
 impl EventWriter {
-    fn start(path: &Path, peers: Vec<SocketAddr>) -> Result<EventWriter, Failure> {
+    fn start(path: &Path, peers: Vec<String>) -> Result<EventWriter, Failure> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -543,15 +550,11 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             return Err(Failure::input("--rate must be a positive number of requests per second"));
         }
     }
-    let peers: Vec<SocketAddr> = args
-        .peer
-        .iter()
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| crate::peer_cmd::resolve(p))
-        .collect::<Result<_, _>>()?;
+    let peers: Vec<PeerAddr> = crate::peer_cmd::parse_peers("--peer", &args.peer)?;
     if peers.is_empty() {
         return Err(Failure::input("--peer needs at least one address"));
     }
+    let names: Vec<String> = peers.iter().map(ToString::to_string).collect();
     let metrics_addr = match &args.metrics {
         Some(a) => Some(
             crate::peer_cmd::resolve(a).map_err(|_| Failure::input(format!("--metrics {a}: expected HOST:PORT")))?,
@@ -564,7 +567,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
     let config = pool_config(args)?;
     let group_config = group_config(args)?;
     let window = Duration::from_secs_f64(args.duration);
-    let writer = args.events.as_deref().map(|p| EventWriter::start(p, peers.clone())).transpose()?;
+    let writer = args.events.as_deref().map(|p| EventWriter::start(p, names.clone())).transpose()?;
     let rt = crate::peer_cmd::runtime()?;
 
     let report = rt.block_on(async {
@@ -590,17 +593,17 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             let mut v = lock(&f);
             if v.len() < MAX_FAILURES {
                 v.push(json!({
-                    "peer": pf.info.peer_address.to_string(),
-                    "reason": pf.info.reason.to_string(),
-                    "detected_ts_us": unix_us(pf.info.timestamp),
-                    "cleanup_us": pf.cleanup_latency.as_micros() as u64,
+                    "peer": pf.peer_address.as_ref().map(ToString::to_string),
+                    "reason": pf.reason.to_string(),
+                    "detected_ts_us": unix_us(pf.timestamp),
                     "reconnecting": pf.reconnecting,
+                    "attempt": pf.attempt,
                 }));
             }
         });
 
         let group =
-            PeerGroup::new(&client, peers.iter().copied(), group_config).map_err(|e| Failure::input(e.to_string()))?;
+            PeerGroup::new(&client, peers.iter().cloned(), group_config).map_err(|e| Failure::input(e.to_string()))?;
         let ctx = Arc::new(Ctx {
             group: group.clone(),
             retryable: args.retryable,
@@ -644,10 +647,12 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         let t = lock(&ctx.tally);
         let secs = elapsed.as_secs_f64();
         let mut r = Map::new();
-        r.insert("peers".into(), json!(peers.iter().map(ToString::to_string).collect::<Vec<_>>()));
+        r.insert("peers".into(), json!(names));
         r.insert("duration_s".into(), json!((secs * 1000.0).round() / 1000.0));
         r.insert("inflight".into(), json!(args.inflight));
-        r.insert("requests".into(), json!(t.requests()));
+        // Counted at submission; outcomes below are counted at completion.
+        let requests = ctx.next.load(Ordering::Relaxed);
+        r.insert("requests".into(), json!(requests));
         r.insert("answers".into(), json!(t.answers));
         r.insert("errors".into(), json!(t.errors));
         r.insert("errors_total".into(), json!(t.errors_total()));
@@ -664,7 +669,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         r.insert("latency_us".into(), t.latency_json());
         if let (Some(rate), Some(due)) = (args.rate, due) {
             r.insert("target_rate".into(), json!(rate));
-            r.insert("achieved_rate".into(), json!((t.requests() as f64 / secs * 10.0).round() / 10.0));
+            r.insert("achieved_rate".into(), json!((requests as f64 / secs * 10.0).round() / 10.0));
             r.insert("scheduled".into(), json!(due));
         }
         r.insert(
@@ -681,7 +686,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
                 "failover".into(),
                 json!({
                     "state": state.as_str(),
-                    "active": fo.active.map(|a| a.to_string()),
+                    "active": fo.active.and_then(|a| names.get(a)),
                     "failbacks": fo.failbacks,
                     "unavailable": fo.unavailable,
                 }),
@@ -703,7 +708,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
                     "reopened": rc.reopened,
                     "failed_establishments": rc.failed_establishments,
                 });
-                (m.addr.to_string(), v)
+                (m.addr.as_ref().map_or_else(|| m.peer.clone(), ToString::to_string), v)
             })
             .collect();
         r.insert("per_peer".into(), Value::Object(per_peer));
@@ -718,10 +723,8 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
                 "errors": stats.errors,
                 "timeouts": stats.timeouts,
                 "connections_created": stats.connections_created,
-                "failed_establishments": stats.failed_establishments,
-                "reconnect_attempts": stats.reconnect_attempts,
-                "reconnects": stats.reconnects,
-                "failure_callbacks": stats.failure_callbacks,
+                "failed_attempts": stats.failed_attempts,
+                "connections_lost": stats.connections_lost,
                 "messages_sent": stats.messages_sent,
                 "messages_received": stats.messages_received,
                 "bytes_sent": stats.bytes_sent,
@@ -729,6 +732,12 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             }),
         );
         // Answers with a 2xxx Result-Code.
+        if requests != t.outcomes() {
+            eprintln!(
+                "diam: warning: {requests} requests submitted but {} outcomes counted",
+                t.outcomes()
+            );
+        }
         let successes: u64 =
             t.result_codes.iter().filter(|(rc, _)| rc.is_some_and(|c| (2000..3000).contains(&c))).map(|(_, n)| n).sum();
         Ok::<_, Failure>((Value::Object(r), successes))

@@ -43,13 +43,15 @@ enum Command {
     /// `vendor_id` default from the dictionary, and an AVP may be given by
     /// `name` instead of `code`.
     Encode(EncodeArgs),
-    /// Run a Diameter peer that answers every request.
+    /// Run a Diameter node that answers every request.
     ///
     /// Answers CER, DWR and DPR itself; any other request gets an answer
     /// with the request's Session-Id and --result-code. Accepts any
-    /// application unless --app restricts it. Prints
-    /// {"event":"listening","addr":...} on stdout once bound. Runs until
-    /// SIGINT/SIGTERM, then sends DPR to its peers and prints
+    /// application unless --app restricts it. --connect keeps connections
+    /// to those peers up (election when they connect to us too). Prints
+    /// {"event":"listening","addr":...} on stdout once bound, one
+    /// {"event":"peer_up"|"peer_down",...} line per peer change, and runs
+    /// until SIGINT/SIGTERM, then sends DPR to its peers and prints
     /// {"event":"stopped",...} with its request, answer, drop and
     /// retransmission (T flag) counts.
     Serve(ServeArgs),
@@ -72,7 +74,8 @@ enum Command {
     /// Keeps --inflight requests outstanding (closed loop), or sends at
     /// --rate requests/s (open loop, latency from each request's intended
     /// send time). Progress goes to stderr, the final JSON to stdout;
-    /// requests == answers + errors + timeouts always holds.
+    /// requests are counted at submission and every one ends as an
+    /// answer, an error or a timeout.
     Bench(BenchArgs),
 }
 
@@ -125,6 +128,12 @@ pub(crate) struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one).
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: String,
+    /// Keep a connection to this peer up (reconnecting with backoff;
+    /// election when it connects to us too). PEER is HOST:PORT, [V6]:PORT,
+    /// aaa://HOST[:PORT][;transport=tcp] (a host name there is the peer's
+    /// DiameterIdentity), or IDENTITY=ADDRESS. Repeatable.
+    #[arg(long = "connect", value_name = "PEER")]
+    pub(crate) connect: Vec<String>,
     /// Accept only these applications (a CER with none in common gets
     /// 5010). Default: any application (Relay is advertised).
     #[arg(long = "app", value_name = "ID", num_args = 1..)]
@@ -150,8 +159,8 @@ pub(crate) struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
-    /// The peer, HOST:PORT.
-    #[arg(long, value_name = "ADDR")]
+    /// The peer: HOST:PORT, [V6]:PORT or aaa://HOST[:PORT][;transport=tcp].
+    #[arg(long, value_name = "PEER")]
     pub(crate) peer: String,
     /// Applications to advertise in the CER (default: Relay, 0xffffffff).
     #[arg(long = "app", value_name = "ID", num_args = 1..)]
@@ -165,8 +174,8 @@ pub(crate) struct ProbeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
-    /// The peer, HOST:PORT.
-    #[arg(long, value_name = "ADDR")]
+    /// The peer: HOST:PORT, [V6]:PORT or aaa://HOST[:PORT][;transport=tcp].
+    #[arg(long, value_name = "PEER")]
     pub(crate) peer: String,
     /// Application-Id of the request (also advertised in the CER).
     #[arg(long, value_name = "ID")]
@@ -193,9 +202,11 @@ pub(crate) struct SendArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// The peers, HOST:PORT[,HOST:PORT...]: one peer group, spread by
-    /// --strategy (or failed over in order with --failover).
-    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', required = true)]
+    /// The peers, PEER[,PEER...]: one peer group, spread by --strategy (or
+    /// failed over in order with --failover). PEER is HOST:PORT, [V6]:PORT or
+    /// aaa://HOST[:PORT][;transport=tcp]; HOST:P1-P2 means every port in the
+    /// range.
+    #[arg(long, value_name = "PEER[,PEER...]", value_delimiter = ',', required = true)]
     pub(crate) peer: Vec<String>,
     /// How requests are spread over the peers: round-robin, lru, random,
     /// least-outstanding or weighted (by an efficiency score from failure

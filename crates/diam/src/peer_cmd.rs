@@ -2,10 +2,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use diam_client::{handler_fn, CloseReason, ConnectionConfig, Error, Hooks, Peer, Response, Server};
+use diam_client::events::{PeerDown, PeerUp};
+use diam_client::{handler_fn, CloseReason, ConnectionConfig, Error, Node, NodeConfig, PeerAddr, Response};
+use diam_link::events::{Event, EventData, EventKind};
 use diam_proto::peer::result_code;
 use diam_proto::watchdog::MIN_WATCHDOG_INTERVAL;
 use diam_proto::{apps, avps, commands, disconnect_cause, result_codes, Message};
@@ -13,16 +15,60 @@ use serde_json::json;
 
 use crate::{Failure, IdentityArgs, ProbeArgs, SendArgs, ServeArgs, TuningArgs};
 
-/// Resolves one `--peer` address.
-pub(crate) fn resolve(peer: &str) -> Result<SocketAddr, Failure> {
-    let peer = peer.trim();
-    if let Ok(a) = peer.parse() {
+/// Resolves a listening address (`HOST:PORT`, `[v6]:PORT`).
+pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
+    let addr = addr.trim();
+    if let Ok(a) = addr.parse() {
         return Ok(a);
     }
-    match peer.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| Failure::input(format!("--peer {peer}: no address"))),
-        Err(e) => Err(Failure::input(format!("--peer {peer}: expected HOST:PORT ({e})"))),
+    match addr.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| Failure::input(format!("{addr}: no address"))),
+        Err(e) => Err(Failure::input(format!("{addr}: expected HOST:PORT ({e})"))),
     }
+}
+
+/// Parses one peer (`host:port`, `[v6]:port`, `aaa://host[:port][;transport=tcp]`,
+/// `aaas://host[:port]`); what this build cannot dial is refused here.
+pub(crate) fn parse_peer(option: &str, peer: &str) -> Result<PeerAddr, Failure> {
+    let addr: PeerAddr = peer.parse().map_err(|e| Failure::input(format!("{option} {e}")))?;
+    if addr.is_tls() {
+        return Err(Failure::input(format!("{option} {peer}: TLS (aaas://) is not available in this build yet")));
+    }
+    if addr.transport() != diam_proto::uri::Transport::Tcp {
+        return Err(Failure::input(format!("{option} {peer}: only TCP transport is available")));
+    }
+    Ok(addr)
+}
+
+/// Most addresses one `HOST:P1-P2` range may expand to.
+const MAX_RANGE: u32 = 1024;
+
+/// Parses a list of peers, where `HOST:P1-P2` means every port in the range.
+pub(crate) fn parse_peers(option: &str, list: &[String]) -> Result<Vec<PeerAddr>, Failure> {
+    let mut out = Vec::new();
+    for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let range = item.rsplit_once(':').and_then(|(host, ports)| {
+            let (a, b) = ports.split_once('-')?;
+            Some((host, a.parse::<u16>().ok()?, b.parse::<u16>().ok()?))
+        });
+        match range {
+            Some((host, lo, hi)) if !item.contains("://") => {
+                if lo == 0 || lo > hi || u32::from(hi - lo) >= MAX_RANGE {
+                    return Err(Failure::input(format!("{option} {item}: a port range is P1-P2 with 1 <= P1 <= P2, at most {MAX_RANGE} ports")));
+                }
+                for port in lo..=hi {
+                    out.push(parse_peer(option, &format!("{host}:{port}"))?);
+                }
+            }
+            _ => out.push(parse_peer(option, item)?),
+        }
+    }
+    for (i, a) in out.iter().enumerate() {
+        if out[..i].contains(a) {
+            return Err(Failure::input(format!("{option}: {a} is given twice")));
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -88,7 +134,27 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     if !(0.0..=1.0).contains(&args.drop_rate) {
         return Err(Failure::input("--drop-rate must be between 0 and 1"));
     }
-    let listen = resolve(&args.listen)?;
+    let listen = resolve(&args.listen).map_err(|f| Failure::input(format!("--listen {}", f.message)))?;
+    // Each --connect: `aaa://NAME...` names the peer's identity; `NAME=ADDR`
+    // gives it explicitly; a bare address learns it from the first
+    // capabilities exchange.
+    let mut connect = Vec::new();
+    for c in &args.connect {
+        let (identity, addr) = match c.split_once('=') {
+            Some((id, addr)) if !id.contains("://") && !id.contains(':') => (Some(id.to_string()), addr),
+            _ => (None, c.as_str()),
+        };
+        let addr = parse_peer("--connect", addr)?;
+        let identity = identity.or_else(|| {
+            (c.contains("://") && addr.host_name().is_some()).then(|| addr.host().into_owned())
+        });
+        if let Some(id) = &identity {
+            if !diam_proto::peer::is_identity(id) {
+                return Err(Failure::input(format!("--connect {c}: {id} is not a valid DiameterIdentity")));
+            }
+        }
+        connect.push((identity, addr));
+    }
     let mut cfg = config(&args.identity, &args.tuning, &args.app)?;
     cfg.max_concurrent_handlers = cfg.max_pending.max(1024);
     let origin_host: Arc<str> = args.identity.origin_host.clone().into();
@@ -136,13 +202,47 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         }
     });
     rt.block_on(async move {
-        let server = Server::bind(listen, cfg, Hooks { handler: Some(handler), ..Hooks::default() })
-            .await
-            .map_err(|e| Failure::failed(e.to_string()))?;
-        let addr = server.local_addr().map_err(|e| Failure::failed(e.to_string()))?;
-        print_json(&json!({"event": "listening", "addr": addr.to_string()}))?;
-        server.serve(shutdown_signal()).await.map_err(|e| Failure::failed(e.to_string()))?;
+        let node_config = NodeConfig { connection: cfg, ..NodeConfig::default() };
+        let node = Node::builder(node_config)
+            .default_handler(handler)
+            .accept_any()
+            .build()
+            .map_err(|e| Failure::input(e.to_string()))?;
+        // Peer changes, one JSON line each (listeners run on the
+        // dispatcher's thread, never on a peer's task).
+        let out = Arc::new(Mutex::new(()));
+        let o = out.clone();
+        let _peer_events = node.events().subscribe(EventKind::Custom, move |ev: &Event| {
+            let EventData::Custom(c) = ev.data() else { return };
+            let line = if let Some(up) = c.downcast_ref::<PeerUp>() {
+                json!({"event": "peer_up", "peer": up.peer, "direction": up.direction.as_str(), "transport": up.transport.as_str()})
+            } else if let Some(down) = c.downcast_ref::<PeerDown>() {
+                json!({"event": "peer_down", "peer": down.peer, "reason": down.reason.to_string(), "reason_kind": down.reason.kind_name()})
+            } else {
+                return;
+            };
+            let _guard = o.lock();
+            let _ = print_json(&line);
+        });
+        let addr = node.listen_tcp(listen).await.map_err(|e| Failure::failed(e.to_string()))?;
+        {
+            let _guard = out.lock();
+            print_json(&json!({"event": "listening", "addr": addr.to_string()}))?;
+        }
+        for (identity, peer) in connect {
+            let added = match identity {
+                Some(id) => node.add_peer(&id, [peer.clone()]).map(drop),
+                None => node.add_address_peer(peer.clone()).map(drop),
+            };
+            added.map_err(|e| Failure::input(format!("--connect {peer}: {e}")))?;
+        }
+        shutdown_signal().await;
+        node.shutdown(Duration::from_secs(5)).await;
+        // Let the last peer_down lines out before the summary.
+        let events = node.events().clone();
+        let _ = tokio::task::spawn_blocking(move || events.shutdown(Duration::from_secs(1))).await;
         let t = &summary.totals;
+        let _guard = out.lock();
         print_json(&json!({
             "event": "stopped",
             "addr": addr.to_string(),
@@ -226,10 +326,20 @@ fn step(result: Result<(u32, Duration), String>) -> (serde_json::Value, bool) {
     }
 }
 
+/// A client node for one-off commands (probe, send).
+fn one_off_node(cfg: ConnectionConfig) -> Result<Node, Failure> {
+    Node::builder(NodeConfig { connection: cfg, ..NodeConfig::default() })
+        .build()
+        .map_err(|e| Failure::input(e.to_string()))
+}
+
 pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
-    let addr = resolve(&args.peer)?;
+    let addr = parse_peer("--peer", &args.peer)?;
     let mut cfg = config(&args.identity, &TuningArgs::default(), &args.app)?;
     let timeout = Duration::from_millis(args.timeout_ms);
+    if timeout.is_zero() {
+        return Err(Failure::input("--timeout-ms must be positive"));
+    }
     cfg.connect_timeout = timeout;
     cfg.peer.cer_timeout = timeout;
     cfg.request_timeout = timeout;
@@ -239,8 +349,12 @@ pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
     let rt = runtime()?;
     let (report, ok) = rt.block_on(async move {
         let mut report = json!({"peer": addr.to_string(), "peer_origin_host": null});
+        let node = match one_off_node(cfg) {
+            Ok(n) => n,
+            Err(f) => return (json!({"error": f.message}), false),
+        };
         let start = Instant::now();
-        let peer = match Peer::connect(addr, cfg).await {
+        let peer = match node.connect(addr).await {
             Ok(p) => p,
             Err(e) => {
                 let cea = match &e {
@@ -272,8 +386,9 @@ pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
         report["dwa"] = dwa;
         let t = Instant::now();
         let dpa = match peer.close(disconnect_cause::REBOOTING).await {
-            CloseReason::LocalDisconnect { dpa_result_code: Some(rc), .. } => Ok((rc, t.elapsed())),
-            other => Err(format!("no DPA: {other}")),
+            Some(CloseReason::LocalDisconnect { dpa_result_code: Some(rc), .. }) => Ok((rc, t.elapsed())),
+            Some(other) => Err(format!("no DPA: {other}")),
+            None => Err("no DPA".to_string()),
         };
         let (dpa, dpa_ok) = step(dpa);
         report["dpa"] = dpa;
@@ -289,7 +404,7 @@ pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
 }
 
 pub(crate) fn send(args: &SendArgs) -> Result<(), Failure> {
-    let addr = resolve(&args.peer)?;
+    let addr = parse_peer("--peer", &args.peer)?;
     let dict = crate::codec_cmd::load_dictionary(&args.dict)?;
     if args.command > 0x00ff_ffff {
         return Err(Failure::input("--command must fit in 24 bits"));
@@ -324,8 +439,12 @@ pub(crate) fn send(args: &SendArgs) -> Result<(), Failure> {
     }
     let request = b.build();
     let rt = runtime()?;
+    let node = {
+        let _in_runtime = rt.enter();
+        one_off_node(cfg)?
+    };
     let answer = rt.block_on(async move {
-        let peer = Peer::connect(addr, cfg).await?;
+        let peer = node.connect(addr).await?;
         let answer = peer.send(request).await;
         peer.close(disconnect_cause::REBOOTING).await;
         answer

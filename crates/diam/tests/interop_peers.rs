@@ -147,7 +147,7 @@ async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn freediameter_watchdog_both_ways() {
-    use diam_client::{CloseReason, ConnectionConfig, Peer, PeerState};
+    use diam_client::{CloseReason, Node, NodeConfig, PeerState};
 
     const T: &str = "freediameter_watchdog_both_ways";
     if !need(T, "freeDiameterd", freediameter_available()) {
@@ -157,7 +157,7 @@ fn freediameter_watchdog_both_ways() {
     let dir = TempDir::new("fd-watchdog");
     let fd = FreeDiameter::start(dir.path(), "peer2.fd.test", &["--allow", "fd.test", "--tw", "6"]);
     let capture = start_capture(T, dir.path(), &[fd.port]);
-    let addr = fd.addr().parse().unwrap();
+    let addr: std::net::SocketAddr = fd.addr().parse().unwrap();
 
     // freeDiameterd restarts its Tw on every message it receives, so on a
     // single connection only the side with the shorter timer ever sends a
@@ -165,27 +165,33 @@ fn freediameter_watchdog_both_ways() {
     // freeDiameterd's (6 s, with up to +-2 s of jitter), so freeDiameterd
     // sends the DWRs and we answer; on "chatty" our Tw is 2 s, so we send.
     let config = |host: &str, tw: Duration| {
-        let mut c = ConnectionConfig::new(host, "fd.test");
-        c.peer.auth_application_ids = vec![diam_proto::apps::RELAY];
-        c.peer.watchdog.interval = tw;
-        c.peer.watchdog.jitter = Duration::ZERO;
-        c.peer.watchdog.dwr_timeout = Duration::from_secs(3);
-        c.connect_timeout = Duration::from_secs(5);
+        let mut c = NodeConfig::new(host, "fd.test");
+        c.connection.peer.auth_application_ids = vec![diam_proto::apps::RELAY];
+        c.connection.peer.watchdog.interval = tw;
+        c.connection.peer.watchdog.jitter = Duration::ZERO;
+        c.connection.peer.watchdog.dwr_timeout = Duration::from_secs(3);
+        c.connection.connect_timeout = Duration::from_secs(5);
         c
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let result = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(45), async {
-            let quiet = Peer::connect(addr, config("quiet.fd.test", Duration::from_secs(30)))
+            let quiet = Node::builder(config("quiet.fd.test", Duration::from_secs(30)))
+                .build()
+                .unwrap()
+                .connect(addr.into())
                 .await
                 .unwrap_or_else(|e| panic!("{T}: connecting quiet.fd.test: {e}"));
-            let chatty = Peer::connect(addr, config("chatty.fd.test", Duration::from_secs(2)))
+            let chatty = Node::builder(config("chatty.fd.test", Duration::from_secs(2)))
+                .build()
+                .unwrap()
+                .connect(addr.into())
                 .await
                 .unwrap_or_else(|e| panic!("{T}: connecting chatty.fd.test: {e}"));
             let connected = Instant::now();
-            assert_eq!(quiet.peer_info().map(|p| p.origin_host.as_str()), Some("peer2.fd.test"));
-            assert_eq!(chatty.peer_info().map(|p| p.origin_host.as_str()), Some("peer2.fd.test"));
+            assert_eq!(quiet.identity().as_deref(), Some("peer2.fd.test"));
+            assert_eq!(chatty.identity().as_deref(), Some("peer2.fd.test"));
 
             // quiet: CEA + freeDiameterd's DWR received, CER + our DWA sent.
             let got_dwr = eventually(Duration::from_secs(20), || {
@@ -207,12 +213,12 @@ fn freediameter_watchdog_both_ways() {
             // Graceful close: DPR, then the DPA ends the close.
             for (name, peer) in [("quiet", &quiet), ("chatty", &chatty)] {
                 let before = peer.stats().messages_received;
-                tokio::time::timeout(Duration::from_secs(5), peer.close(diam_proto::disconnect_cause::REBOOTING))
-                    .await
-                    .unwrap_or_else(|_| panic!("{T}: {name}: close did not return within 5 s"));
-                let reason = peer.closed().await;
+                let reason =
+                    tokio::time::timeout(Duration::from_secs(5), peer.close(diam_proto::disconnect_cause::REBOOTING))
+                        .await
+                        .unwrap_or_else(|_| panic!("{T}: {name}: close did not return within 5 s"));
                 assert!(
-                    matches!(reason, CloseReason::LocalDisconnect { cause: 0, dpa_result_code: Some(2001) }),
+                    matches!(reason, Some(CloseReason::LocalDisconnect { cause: 0, dpa_result_code: Some(2001) })),
                     "{T}: {name}: close reason {reason:?}"
                 );
                 assert!(peer.stats().messages_received > before, "{T}: {name}: no DPA counted");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use diam_client::{CloseReason, ConnectionConfig, Error, Hooks, Peer};
+use diam_client::{CloseReason, Error, Node, NodeConfig};
 use diam_proto::{avps, Message};
 
 struct Child(std::process::Child);
@@ -31,15 +31,17 @@ async fn sigkill_fails_pending_requests_fast() {
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).expect("listening line");
-    let addr = v["addr"].as_str().unwrap().parse().unwrap();
+    let addr: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+    let addr: diam_client::PeerAddr = addr.into();
 
     let failures = Arc::new(Mutex::new(Vec::new()));
     let f = failures.clone();
-    let hooks = Hooks { on_failure: Some(Arc::new(move |info| f.lock().unwrap().push(info))), ..Hooks::default() };
-    let mut config = ConnectionConfig::new("client.test", "test");
-    config.peer.auth_application_ids = vec![4];
-    config.request_timeout = Duration::from_secs(20);
-    let peer = Peer::connect_with(addr, config, hooks).await.unwrap();
+    let mut config = NodeConfig::new("client.test", "test");
+    config.connection.peer.auth_application_ids = vec![4];
+    config.connection.request_timeout = Duration::from_secs(20);
+    let node = Node::builder(config).build().unwrap();
+    let _sub = node.on_failure(move |info| f.lock().unwrap().push(info.clone()));
+    let peer = node.connect(addr.clone()).await.unwrap();
 
     let mut joins = Vec::new();
     for n in 0..100u32 {
@@ -67,6 +69,6 @@ async fn sigkill_fails_pending_requests_fast() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let failures = failures.lock().unwrap();
     assert_eq!(failures.len(), 1, "on_failure fires exactly once");
-    assert_eq!(failures[0].peer_address, addr);
+    assert_eq!(failures[0].peer_address.as_ref(), Some(&addr));
     assert_eq!(failures[0].peer_origin_host.as_deref(), Some("diam.localdomain"));
 }
