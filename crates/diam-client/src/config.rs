@@ -207,7 +207,9 @@ pub struct NodeConfig {
     /// closed at accept. Default 256.
     pub max_pending_handshakes: usize,
     /// Whether unknown AVPs with the M bit reject a request (5001
-    /// DIAMETER_AVP_UNSUPPORTED, RFC 6733 §4.1). Default enforced.
+    /// DIAMETER_AVP_UNSUPPORTED, RFC 6733 §4.1). Default enforced; a node
+    /// advertising Relay never enforces it (a relay forwards what it does
+    /// not know).
     pub mandatory_avps: MandatoryAvps,
     /// The dictionary requests are checked against; `None` uses
     /// [`Dictionary::base`] (base protocol, Credit-Control, common 3GPP).

@@ -361,7 +361,11 @@ impl PeerTask {
                 Err(e) => {
                     // The stream is corrupt: nothing after this can be framed.
                     rbuf.clear();
-                    self.machine.fail_link(id, CloseReason::ProtocolError(format!("undecodable frame: {e}")), now.into_std());
+                    self.machine.fail_link(
+                        id,
+                        CloseReason::ProtocolError(format!("undecodable frame: {e}")),
+                        now.into_std(),
+                    );
                     break;
                 }
             }
@@ -524,7 +528,10 @@ impl PeerTask {
                 self.shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(peer = %Escaped(&self.shared.label()), previous, current, "peer restarted (Origin-State-Id changed)");
                 let peer = self.shared.label().to_string();
-                self.emit(EventData::Custom(CustomEvent::new("peer_restarted", PeerRestarted { peer, previous, current })));
+                self.emit(EventData::Custom(CustomEvent::new(
+                    "peer_restarted",
+                    PeerRestarted { peer, previous, current },
+                )));
             }
             Event::ReconnectScheduled { attempt, delay } => {
                 self.last_attempt = attempt;
@@ -648,7 +655,6 @@ impl PeerTask {
             *lock(&self.shared.last_reason) = Some(reason.clone());
             tracing::debug!(peer = %Escaped(&self.shared.label()), %reason, "connection attempt failed");
             self.emit(EventData::Error { error: diam_link::Error::session(reason.clone()) });
-            self.report_failure(reason.clone());
             self.shared.changed();
         } else if io.up && self.machine.state().is_connected() {
             // A retired connection (rotation) finished.
@@ -699,8 +705,7 @@ impl PeerTask {
                 *lock(&self.shared.last_reason) = Some(reason.clone());
                 *lock(&self.shared.last_error) = Some(error.clone());
                 self.emit(EventData::Error { error: diam_link::Error::session(error) });
-                self.machine.handle_dial_failed(dial.link, reason.clone(), now.into_std());
-                self.report_failure(reason);
+                self.machine.handle_dial_failed(dial.link, reason, now.into_std());
                 self.shared.changed();
             }
         }
@@ -710,7 +715,8 @@ impl PeerTask {
         let ip = local_ip(inb.conn.local);
         let Inbound { conn, rbuf, cer, info } = inb;
         if self.closing.is_some() {
-            let cea = diam_proto::psm::cea(self.machine.config(), &cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, Some(ip));
+            let cea =
+                diam_proto::psm::cea(self.machine.config(), &cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, Some(ip));
             close_stream(conn.stream, BytesMut::from(cea.as_bytes()), self.node.config.connection.write_timeout);
             return;
         }
@@ -731,7 +737,7 @@ impl PeerTask {
         self.shared.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         let std_now = now.into_std();
         if msg.is_request() {
-            if let Err(rejection) = check_request(&msg, self.node.dictionary(), self.node.config.mandatory_avps) {
+            if let Err(rejection) = check_request(&msg, self.node.dictionary(), self.node.mandatory_avps()) {
                 self.shared.counters.rejected_requests.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %Escaped(&self.shared.label()), %rejection, "request refused (RFC 6733 §7)");
                 self.machine.handle_traffic(link, std_now);
@@ -751,7 +757,8 @@ impl PeerTask {
                 self.shared.counters.malformed_answers.fetch_add(1, Ordering::Relaxed);
                 self.machine.handle_traffic(link, std_now);
                 if let Some(p) = self.pending.remove(&hbh) {
-                    let _ = p.reply.send(Err(Unanswered { error: Error::MalformedAnswer(e), written: Some(p.end_to_end) }));
+                    let _ =
+                        p.reply.send(Err(Unanswered { error: Error::MalformedAnswer(e), written: Some(p.end_to_end) }));
                 }
                 return;
             }
@@ -771,7 +778,8 @@ impl PeerTask {
 
     /// Runs the handler for an application request, or answers it directly.
     fn dispatch(&mut self, link: LinkId, req: Message) {
-        let (Some(handler), Some(info)) = (self.node.handler(req.application_id()), lock(&self.shared.info).clone()) else {
+        let (Some(handler), Some(info)) = (self.node.handler(req.application_id()), lock(&self.shared.info).clone())
+        else {
             self.answer_error(link, &req, result_codes::DIAMETER_COMMAND_UNSUPPORTED);
             return;
         };
@@ -810,7 +818,9 @@ impl PeerTask {
     fn respond(&mut self, link: LinkId, req: &Message, answer: Result<Response, tokio::task::JoinError>) {
         match answer {
             Ok(Response::Answer(ans)) => self.machine.send_answer(link, ans),
-            Ok(Response::CommandUnsupported) => self.answer_error(link, req, result_codes::DIAMETER_COMMAND_UNSUPPORTED),
+            Ok(Response::CommandUnsupported) => {
+                self.answer_error(link, req, result_codes::DIAMETER_COMMAND_UNSUPPORTED)
+            }
             Ok(Response::NoAnswer) => {}
             Err(e) => {
                 tracing::warn!(peer = %Escaped(&self.shared.label()), error = %e, "request handler failed");
@@ -994,7 +1004,8 @@ impl PeerTask {
         }
         self.inbound.close();
         while let Ok(inb) = self.inbound.try_recv() {
-            let cea = diam_proto::psm::cea(self.machine.config(), &inb.cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, None);
+            let cea =
+                diam_proto::psm::cea(self.machine.config(), &inb.cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, None);
             close_stream(inb.conn.stream, BytesMut::from(cea.as_bytes()), self.node.config.connection.write_timeout);
         }
         if let Some(c) = self.closing.take() {

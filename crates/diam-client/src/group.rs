@@ -656,7 +656,9 @@ impl PeerGroup {
             match m.target {
                 Target::Peer(p) => resolved.push((p, m.weight)),
                 Target::Addr(a) => {
-                    return Err(Error::InvalidConfig(format!("{a}: an address member needs PeerGroup::new on a client")))
+                    return Err(Error::InvalidConfig(format!(
+                        "{a}: an address member needs PeerGroup::new on a client"
+                    )))
                 }
             }
         }
@@ -749,7 +751,12 @@ impl PeerGroup {
         });
         for i in 0..inner.members.len() {
             inner.members[i].peer.connect();
-            tokio::spawn(watch_member(Arc::downgrade(&inner), i, inner.members[i].peer.changes(), inner.shutdown.subscribe()));
+            tokio::spawn(watch_member(
+                Arc::downgrade(&inner),
+                i,
+                inner.members[i].peer.changes(),
+                inner.shutdown.subscribe(),
+            ));
         }
         tokio::spawn(timer(Arc::downgrade(&inner), inner.rearm.clone(), inner.shutdown.subscribe()));
         Ok(PeerGroup { inner })
@@ -1423,7 +1430,12 @@ impl GroupInner {
     fn probe_dead(&self) {
         let dead: Vec<usize> = {
             let st = lock(&self.state);
-            st.members.iter().enumerate().filter(|(_, s)| s.open && s.health.status() == HealthStatus::Dead).map(|(i, _)| i).collect()
+            st.members
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.open && s.health.status() == HealthStatus::Dead)
+                .map(|(i, _)| i)
+                .collect()
         };
         self.next_probe_seed.fetch_add(1, Ordering::Relaxed);
         for i in dead {

@@ -39,11 +39,19 @@ pub(crate) type Reply = Result<Message, Unanswered>;
 /// A message to the peer task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Request { msg: Message, reply: oneshot::Sender<Reply>, deadline: Instant, permit: OwnedSemaphorePermit },
+    Request {
+        msg: Message,
+        reply: oneshot::Sender<Reply>,
+        deadline: Instant,
+        permit: OwnedSemaphorePermit,
+    },
     /// Start dialling (a lazily connected peer's first send).
     Connect,
     /// Drain, DPR with `cause`, and stop for good.
-    Close { cause: i32, done: oneshot::Sender<()> },
+    Close {
+        cause: i32,
+        done: oneshot::Sender<()>,
+    },
     /// Replace the connection gracefully (lifetime rotation).
     Rotate,
     /// Send a watchdog DWR now.
@@ -156,7 +164,11 @@ pub(crate) struct PeerShared {
 
 impl std::fmt::Debug for PeerShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerShared").field("id", &self.id).field("label", &self.label()).field("state", &self.state()).finish()
+        f.debug_struct("PeerShared")
+            .field("id", &self.id)
+            .field("label", &self.label())
+            .field("state", &self.state())
+            .finish()
     }
 }
 

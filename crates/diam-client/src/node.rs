@@ -99,6 +99,17 @@ impl NodeShared {
         self.config.dictionary.as_deref().unwrap_or_else(|| Dictionary::base())
     }
 
+    /// Whether unknown M-bit AVPs are refused: as configured, except on a
+    /// node that advertises Relay, which forwards what it does not know
+    /// (RFC 6733 §4.1).
+    pub(crate) fn mandatory_avps(&self) -> MandatoryAvps {
+        if self.peer_config.applications().any(|a| a == diam_proto::apps::RELAY) {
+            MandatoryAvps::Ignore
+        } else {
+            self.config.mandatory_avps
+        }
+    }
+
     pub(crate) fn handler(&self, application_id: u32) -> Option<Arc<dyn Handler>> {
         self.handlers.get(&application_id).or(self.default_handler.as_ref()).cloned()
     }
@@ -232,7 +243,8 @@ impl NodeShared {
         let peers: Vec<PeerHandle> = lock(&self.table).all.values().cloned().collect();
         for p in peers {
             let (done, _rx) = tokio::sync::oneshot::channel();
-            let _ = p.shared.commands.try_send(crate::handle::Command::Close { cause: disconnect_cause::REBOOTING, done });
+            let _ =
+                p.shared.commands.try_send(crate::handle::Command::Close { cause: disconnect_cause::REBOOTING, done });
         }
     }
 }
@@ -389,8 +401,9 @@ impl NodeBuilder {
     pub fn build(self) -> Result<Node, Error> {
         self.config.validate()?;
         let c = &self.config.connection;
-        let connector =
-            self.connector.unwrap_or_else(|| Arc::new(TcpConnector::new(c.connect_timeout, c.nodelay)) as Arc<dyn Connector>);
+        let connector = self
+            .connector
+            .unwrap_or_else(|| Arc::new(TcpConnector::new(c.connect_timeout, c.nodelay)) as Arc<dyn Connector>);
         let events = match self.events {
             Some(e) => e,
             None => EventDispatcher::builder()
@@ -484,11 +497,7 @@ impl Node {
     ///
     /// Fails for an invalid identity, no address, a peer already configured,
     /// or a full table.
-    pub fn add_peer(
-        &self,
-        identity: &str,
-        addresses: impl IntoIterator<Item = PeerAddr>,
-    ) -> Result<PeerHandle, Error> {
+    pub fn add_peer(&self, identity: &str, addresses: impl IntoIterator<Item = PeerAddr>) -> Result<PeerHandle, Error> {
         let shared = self.shared();
         if shared.is_closed() {
             return Err(Error::PoolClosed);
@@ -568,7 +577,8 @@ impl Node {
 
     /// The peer with this identity (configured, or connected to us), if any.
     pub fn peer(&self, identity: &str) -> Option<PeerHandle> {
-        let found = lock(&self.shared().table).by_identity.get(&identity.to_ascii_lowercase()).map(|r| r.handle.clone());
+        let found =
+            lock(&self.shared().table).by_identity.get(&identity.to_ascii_lowercase()).map(|r| r.handle.clone());
         found.map(|h| self.owned(h))
     }
 
@@ -691,7 +701,8 @@ fn refuse(node: &NodeShared, conn: Connection, cer: &Message, result_code: u32, 
 async fn handshake(node: Arc<NodeShared>, mut conn: Connection) {
     let c = &node.config.connection;
     let mut rbuf = BytesMut::with_capacity(4096);
-    let first = tokio::time::timeout(c.peer.cer_timeout, read_first(&mut conn.stream, &mut rbuf, c.max_message_size)).await;
+    let first =
+        tokio::time::timeout(c.peer.cer_timeout, read_first(&mut conn.stream, &mut rbuf, c.max_message_size)).await;
     let cer = match first {
         Ok(Ok(m)) => m,
         Ok(Err(why)) => {
@@ -721,7 +732,13 @@ async fn handshake(node: Arc<NodeShared>, mut conn: Connection) {
         return refuse(&node, conn, &cer, result_codes::DIAMETER_MISSING_AVP, "no Origin-Host or Origin-Realm");
     }
     if !is_identity(&info.origin_host) || !is_identity(&info.origin_realm) {
-        return refuse(&node, conn, &cer, result_codes::DIAMETER_INVALID_AVP_VALUE, "Origin-Host or Origin-Realm is not a DiameterIdentity");
+        return refuse(
+            &node,
+            conn,
+            &cer,
+            result_codes::DIAMETER_INVALID_AVP_VALUE,
+            "Origin-Host or Origin-Realm is not a DiameterIdentity",
+        );
     }
     if info.origin_host.eq_ignore_ascii_case(&node.peer_config.origin_host) {
         return refuse(&node, conn, &cer, result_codes::DIAMETER_UNKNOWN_PEER, "the CER carries our own identity");
@@ -750,4 +767,3 @@ impl Node {
         self.shared().config.connection.request_timeout
     }
 }
-

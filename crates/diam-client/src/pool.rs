@@ -745,7 +745,11 @@ fn sweep(pool: &Arc<Inner>) {
             }
             continue;
         }
-        if !c.max_lifetime.is_zero() && peer.state() == PeerState::Open && peer.shared.open_for() >= c.max_lifetime && peer.rotate() {
+        if !c.max_lifetime.is_zero()
+            && peer.state() == PeerState::Open
+            && peer.shared.open_for() >= c.max_lifetime
+            && peer.rotate()
+        {
             pool.counters.lifetime_expirations.fetch_add(1, Ordering::Relaxed);
             count_metric("diam_pool_lifetime_expirations_total");
         }

@@ -131,11 +131,13 @@ async fn least_outstanding_avoids_the_busy_peer() {
             break h;
         }
     };
+    let before = group.health_statistics();
     send_sequentially(&group, 40).await;
     let stats = group.health_statistics();
     assert_eq!(stats[0].requests, 1, "nothing more went to the busy member: {stats:?}");
-    assert_eq!(stats[1].answers + stats[2].answers, 40);
-    assert!(stats[1].answers >= 10 && stats[2].answers >= 10, "ties rotate: {stats:?}");
+    let (d1, d2) = (stats[1].answers - before[1].answers, stats[2].answers - before[2].answers);
+    assert_eq!(d1 + d2, 40);
+    assert!(d1 >= 10 && d2 >= 10, "ties are broken at random: {stats:?}");
     slow.abort();
 }
 

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use diam_client::{
-    handler_fn, CloseReason, Direction, Error, Node, NodeConfig, PeerFailure, PeerHandle, PeerState,
-};
+use diam_client::{handler_fn, CloseReason, Direction, Error, Node, NodeConfig, PeerFailure, PeerHandle, PeerState};
 use diam_proto::{apps, avps, FrameDecoder, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -359,7 +357,14 @@ async fn peer_that_stops_reading_trips_the_write_timeout() {
     for j in joins {
         let r = j.await.unwrap();
         assert!(
-            matches!(r, Err(Error::ConnectionLost(CloseReason::WriteTimeout)) | Err(Error::Overloaded) | Err(Error::HandshakeFailed { .. }) | Err(Error::ConnectionLost(_)) | Err(Error::Closed)),
+            matches!(
+                r,
+                Err(Error::ConnectionLost(CloseReason::WriteTimeout))
+                    | Err(Error::Overloaded)
+                    | Err(Error::HandshakeFailed { .. })
+                    | Err(Error::ConnectionLost(_))
+                    | Err(Error::Closed)
+            ),
             "{r:?}"
         );
     }

@@ -471,7 +471,7 @@ impl EventWriter {
 /// Credit-Control advertised, fast reconnection (100 ms growing to 1 s) so a
 /// restarted peer is picked up at once.
 fn pool_config(args: &BenchArgs) -> Result<PoolConfig, Failure> {
-    let c = crate::peer_cmd::config(&args.identity, &args.tuning, &[apps::CREDIT_CONTROL])?;
+    let c = crate::peer_cmd::config(&args.identity.to_identity(), &args.tuning, &[apps::CREDIT_CONTROL])?;
     let mut p = PoolConfig { connection: c, ..PoolConfig::default() };
     p.reconnect_enabled = true;
     p.reconnect_interval = Duration::from_millis(100);
@@ -733,10 +733,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         );
         // Answers with a 2xxx Result-Code.
         if requests != t.outcomes() {
-            eprintln!(
-                "diam: warning: {requests} requests submitted but {} outcomes counted",
-                t.outcomes()
-            );
+            eprintln!("diam: warning: {requests} requests submitted but {} outcomes counted", t.outcomes());
         }
         let successes: u64 =
             t.result_codes.iter().filter(|(rc, _)| rc.is_some_and(|c| (2000..3000).contains(&c))).map(|(_, n)| n).sum();

@@ -90,6 +90,25 @@ pub(crate) struct IdentityArgs {
     pub(crate) origin_realm: String,
 }
 
+/// Local Diameter identity of the client commands (probe, send, bench):
+/// another default than `serve`'s, since a node refuses a CER that carries
+/// its own identity.
+#[derive(Debug, Args)]
+pub(crate) struct ClientIdentityArgs {
+    /// Origin-Host (our DiameterIdentity).
+    #[arg(long, value_name = "H", default_value = "diam-client.localdomain")]
+    pub(crate) origin_host: String,
+    /// Origin-Realm.
+    #[arg(long, value_name = "R", default_value = "localdomain")]
+    pub(crate) origin_realm: String,
+}
+
+impl ClientIdentityArgs {
+    pub(crate) fn to_identity(&self) -> IdentityArgs {
+        IdentityArgs { origin_host: self.origin_host.clone(), origin_realm: self.origin_realm.clone() }
+    }
+}
+
 /// Timers and bounds shared by serve, send and bench.
 #[derive(Debug, Args)]
 pub(crate) struct TuningArgs {
@@ -169,7 +188,7 @@ pub(crate) struct ProbeArgs {
     #[arg(long, value_name = "N", default_value_t = 5_000)]
     pub(crate) timeout_ms: u64,
     #[command(flatten)]
-    pub(crate) identity: IdentityArgs,
+    pub(crate) identity: ClientIdentityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -193,7 +212,7 @@ pub(crate) struct SendArgs {
     #[arg(long, value_name = "N")]
     pub(crate) timeout_ms: Option<u64>,
     #[command(flatten)]
-    pub(crate) identity: IdentityArgs,
+    pub(crate) identity: ClientIdentityArgs,
     #[command(flatten)]
     pub(crate) tuning: TuningArgs,
     #[command(flatten)]
@@ -248,7 +267,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "R")]
     pub(crate) destination_realm: Option<String>,
     #[command(flatten)]
-    pub(crate) identity: IdentityArgs,
+    pub(crate) identity: ClientIdentityArgs,
     #[command(flatten)]
     pub(crate) tuning: TuningArgs,
 }

@@ -54,7 +54,9 @@ pub(crate) fn parse_peers(option: &str, list: &[String]) -> Result<Vec<PeerAddr>
         match range {
             Some((host, lo, hi)) if !item.contains("://") => {
                 if lo == 0 || lo > hi || u32::from(hi - lo) >= MAX_RANGE {
-                    return Err(Failure::input(format!("{option} {item}: a port range is P1-P2 with 1 <= P1 <= P2, at most {MAX_RANGE} ports")));
+                    return Err(Failure::input(format!(
+                        "{option} {item}: a port range is P1-P2 with 1 <= P1 <= P2, at most {MAX_RANGE} ports"
+                    )));
                 }
                 for port in lo..=hi {
                     out.push(parse_peer(option, &format!("{host}:{port}"))?);
@@ -145,9 +147,8 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             _ => (None, c.as_str()),
         };
         let addr = parse_peer("--connect", addr)?;
-        let identity = identity.or_else(|| {
-            (c.contains("://") && addr.host_name().is_some()).then(|| addr.host().into_owned())
-        });
+        let identity =
+            identity.or_else(|| (c.contains("://") && addr.host_name().is_some()).then(|| addr.host().into_owned()));
         if let Some(id) = &identity {
             if !diam_proto::peer::is_identity(id) {
                 return Err(Failure::input(format!("--connect {c}: {id} is not a valid DiameterIdentity")));
@@ -335,7 +336,7 @@ fn one_off_node(cfg: ConnectionConfig) -> Result<Node, Failure> {
 
 pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
     let addr = parse_peer("--peer", &args.peer)?;
-    let mut cfg = config(&args.identity, &TuningArgs::default(), &args.app)?;
+    let mut cfg = config(&args.identity.to_identity(), &TuningArgs::default(), &args.app)?;
     let timeout = Duration::from_millis(args.timeout_ms);
     if timeout.is_zero() {
         return Err(Failure::input("--timeout-ms must be positive"));
@@ -409,7 +410,7 @@ pub(crate) fn send(args: &SendArgs) -> Result<(), Failure> {
     if args.command > 0x00ff_ffff {
         return Err(Failure::input("--command must fit in 24 bits"));
     }
-    let mut cfg = config(&args.identity, &args.tuning, &[args.app])?;
+    let mut cfg = config(&args.identity.to_identity(), &args.tuning, &[args.app])?;
     cfg.request_timeout = Duration::from_millis(args.timeout_ms.unwrap_or(args.tuning.request_timeout_ms));
     let parsed: Vec<_> = args
         .avp

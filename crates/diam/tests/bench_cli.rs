@@ -67,8 +67,14 @@ impl Serve {
         let _ = Command::new("kill").args(["-s", "TERM", &self.child.0.id().to_string()]).status();
         let status = self.child.wait_exit(Duration::from_secs(10)).expect("diam serve exits on SIGTERM");
         assert!(status.success(), "diam serve exit {status:?}");
-        let line = self.lines.recv_timeout(Duration::from_secs(5)).expect("a stopped line");
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        // peer_up / peer_down lines come before it.
+        let (line, v) = loop {
+            let line = self.lines.recv_timeout(Duration::from_secs(5)).expect("a stopped line");
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if v["event"] != "peer_up" && v["event"] != "peer_down" {
+                break (line, v);
+            }
+        };
         assert_eq!(v["event"], "stopped", "{line}");
         assert_eq!(v["addr"], self.addr.as_str(), "{line}");
         v

@@ -62,9 +62,7 @@ fn demo_runs_the_whole_story() {
         line(out, p, &all);
     }
     line(out, "pool totals", &all);
-    for row in
-        ["requests", "answers", "errors", "timeouts", "failed attempts", "connections lost", "bytes sent/recv"]
-    {
+    for row in ["requests", "answers", "errors", "timeouts", "failed attempts", "connections lost", "bytes sent/recv"] {
         line(out, &format!("  {row} "), &all);
     }
     let inv = line(out, "invariant requests (counted at submission) == answers + errors + timeouts", &all);
