@@ -45,15 +45,19 @@ pub(crate) fn install(addr: SocketAddr) -> Result<(), Failure> {
 
 /// HELP lines for the metrics this program and its libraries emit.
 fn describe() {
-    let counters: [(&'static str, &'static str); 16] = [
+    let counters: [(&'static str, &'static str); 20] = [
         ("diam_client_requests_total", "Requests submitted through the client pool."),
         ("diam_client_answers_total", "Answers received by the client pool."),
         ("diam_client_errors_total", "Client requests that ended in an error (timeouts included), by kind."),
         ("diam_client_timeouts_total", "Client requests that timed out."),
         ("diam_pool_connections_created_total", "Connections opened by the pool (first and re-established)."),
-        ("diam_pool_failed_establishments_total", "First connection establishments that failed."),
-        ("diam_pool_reconnect_attempts_total", "Reconnect attempts made by the pool."),
-        ("diam_pool_failure_callbacks_total", "Connection failure callbacks fired."),
+        ("diam_pool_failed_attempts_total", "Connection attempts (dial or capabilities exchange) that failed."),
+        ("diam_pool_connections_lost_total", "Open connections that were lost."),
+        ("diam_pool_connections_closed_total", "Pool entries closed (idle, given up, or at shutdown)."),
+        ("diam_pool_messages_sent_total", "Messages written by the pool's connections."),
+        ("diam_pool_messages_received_total", "Messages read by the pool's connections."),
+        ("diam_pool_bytes_sent_total", "Bytes written by the pool's connections."),
+        ("diam_pool_bytes_received_total", "Bytes read by the pool's connections."),
         ("diam_pool_idle_closures_total", "Connections closed for idleness."),
         ("diam_pool_lifetime_expirations_total", "Connections replaced for reaching their maximum lifetime."),
         (
