@@ -4,6 +4,8 @@
 //! Result-Code.
 #![allow(dead_code)]
 
+pub(crate) mod scripted;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
