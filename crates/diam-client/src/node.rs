@@ -194,7 +194,7 @@ impl NodeShared {
 
     /// Hands an inbound connection whose CER passed every check to its
     /// peer, creating a dynamic peer for a new identity.
-    fn route_inbound(self: &Arc<Self>, inbound: Inbound) -> Result<(), (Inbound, u32)> {
+    fn route_inbound(self: &Arc<Self>, inbound: Box<Inbound>) -> Result<(), (Box<Inbound>, u32)> {
         let key = inbound.info.origin_host.to_ascii_lowercase();
         let tx = {
             let mut t = lock(&self.table);
@@ -225,9 +225,9 @@ impl NodeShared {
                 }
             }
         };
-        tx.try_send(inbound).map_err(|e| match e {
+        tx.try_send(*inbound).map_err(|e| match e {
             mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => {
-                (i, result_codes::DIAMETER_TOO_BUSY)
+                (Box::new(i), result_codes::DIAMETER_TOO_BUSY)
             }
         })
     }
@@ -754,8 +754,8 @@ async fn handshake(node: Arc<NodeShared>, mut conn: Connection) {
     if node.is_closed() {
         return refuse(&node, conn, &cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, "shutting down");
     }
-    if let Err((inb, rc)) = node.route_inbound(Inbound { conn, rbuf, cer, info }) {
-        let Inbound { conn, cer, .. } = inb;
+    if let Err((inb, rc)) = node.route_inbound(Box::new(Inbound { conn, rbuf, cer, info })) {
+        let Inbound { conn, cer, .. } = *inb;
         refuse(&node, conn, &cer, rc, "the peer cannot take the connection")
     }
 }

@@ -55,12 +55,15 @@ impl Log {
     }
 }
 
+/// Turns an application request and its answer into the bytes sent back.
+type Rewrite = Arc<dyn Fn(&Message, Message) -> Vec<u8> + Send + Sync>;
+
 /// A connector whose `n`-th dial behaves as `script(n)` says.
 pub(crate) struct Scripted {
     pub(crate) log: Arc<Log>,
     script: Box<dyn Fn(usize) -> Behaviour + Send + Sync>,
     /// Rewrites application answers (to corrupt one, say).
-    answer: Arc<dyn Fn(&Message, Message) -> Vec<u8> + Send + Sync>,
+    answer: Rewrite,
     connect_timeout: Duration,
 }
 
@@ -122,7 +125,7 @@ async fn peer(
     b: Behaviour,
     conn: usize,
     log: Arc<Log>,
-    rewrite: Arc<dyn Fn(&Message, Message) -> Vec<u8> + Send + Sync>,
+    rewrite: Rewrite,
 ) {
     let mut buf = BytesMut::new();
     let mut dec = diam_proto::FrameDecoder::new();
