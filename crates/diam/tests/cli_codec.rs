@@ -16,10 +16,18 @@ fn diam(args: &[&str], stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn diam");
+    // Written from another thread, so that a large input cannot deadlock
+    // against a full stdout pipe; `diam` may exit before reading all of it
+    // (an error, or a FILE argument), which is a broken pipe, not a failure.
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || match input.write_all(&data) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("writing diam's stdin: {e}"),
+        _ => {}
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 fn hex(b: &[u8]) -> String {
