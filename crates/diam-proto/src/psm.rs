@@ -358,6 +358,9 @@ struct Link {
     applications: Vec<u32>,
     /// A rotation's replacement (an extra outbound link while open).
     replacement: bool,
+    /// The peer answered our CER with 4003 DIAMETER_ELECTION_LOST: it
+    /// keeps the connection it dialled, which is on its way to us.
+    peer_lost_election: bool,
 }
 
 /// The per-peer machine. See the [module docs](self).
@@ -575,6 +578,7 @@ impl PeerMachine {
             dwr: None,
             applications: Vec::new(),
             replacement: false,
+            peer_lost_election: false,
         });
         id
     }
@@ -875,6 +879,13 @@ impl PeerMachine {
             return;
         }
         let Some(policy) = &mut self.reconnect else { return };
+        if *reason == CloseReason::Election {
+            // The peer won an election and is connecting to us: give its
+            // CER a CER timeout to arrive before dialling again (no backoff
+            // step: nothing failed).
+            self.reconnect_at = Some(now + self.config.cer_timeout);
+            return;
+        }
         match policy.next_delay() {
             Some(mut delay) => {
                 if reason.wants_long_backoff() {
@@ -998,6 +1009,13 @@ impl PeerMachine {
         let Some(l) = self.link(link) else { return };
         let direction = l.direction;
         let replacement = l.replacement;
+        // Closed by a peer that lost the election: not a failure; its own
+        // connection comes.
+        let reason = if l.peer_lost_election && !matches!(reason, CloseReason::HandshakeTimeout) {
+            CloseReason::Election
+        } else {
+            reason
+        };
         let was_active = self.active == Some(link);
         let was_draining =
             matches!(l.phase, Phase::Draining) || (matches!(l.phase, Phase::Closing { .. }) && !was_active);
@@ -1172,9 +1190,12 @@ impl PeerMachine {
             Err(e) => return self.cea_failed(link, CloseReason::ProtocolError(format!("CEA: {e}")), now),
         };
         if result_code == result_codes::ELECTION_LOST {
-            // The peer lost an election on its side and answers our CER on
-            // no connection but this one; it closes its own. Keep waiting
-            // (the CEA timeout still runs).
+            // The peer lost an election on its side: it closes this
+            // connection and keeps the one it dialled, whose CER is on its
+            // way. Keep waiting (the CEA timeout still runs).
+            if let Some(l) = self.link_mut(link) {
+                l.peer_lost_election = true;
+            }
             return;
         }
         if result_code != result_codes::DIAMETER_SUCCESS {

@@ -280,6 +280,161 @@ fn freediameter_watchdog_both_ways() {
     finished(T, t0);
 }
 
+/// Election (RFC 6733 §5.6.4) live against freeDiameterd: each side is
+/// configured to connect to the other, and our dial is held back until
+/// freeDiameterd's own connection has reached us, so both sides are
+/// connecting at once and both elect. 20 runs, our identity alternately
+/// below and above freeDiameterd's: each time exactly one connection stays
+/// open (the one the lower identity dialled), and every request submitted
+/// before and during the election is answered.
+#[test]
+fn election_against_freediameter() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use diam_client::transport::{BoxFuture, Connection, Connector, TcpAcceptor, TcpConnector};
+    use diam_client::{Acceptor, Direction, Node, NodeConfig, PeerAddr, PeerState};
+
+    const T: &str = "election_against_freediameter";
+    if !need(T, "freeDiameterd", freediameter_available()) {
+        return;
+    }
+    let t0 = started(T);
+
+    /// Counts accepted connections and wakes the gated connector.
+    struct Counting {
+        inner: TcpAcceptor,
+        accepted: Arc<AtomicUsize>,
+        seen: Arc<tokio::sync::Notify>,
+    }
+    impl Acceptor for Counting {
+        fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Connection>> {
+            Box::pin(async move {
+                let c = self.inner.accept().await?;
+                self.accepted.fetch_add(1, Ordering::SeqCst);
+                self.seen.notify_waiters();
+                Ok(c)
+            })
+        }
+        fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+            self.inner.local_addr()
+        }
+    }
+    /// Holds the first dial until the peer's connection has been accepted.
+    struct Gated {
+        inner: TcpConnector,
+        accepted: Arc<AtomicUsize>,
+        seen: Arc<tokio::sync::Notify>,
+        first: AtomicBool,
+        dials: Arc<AtomicUsize>,
+    }
+    impl Connector for Gated {
+        fn connect<'a>(&'a self, addr: &'a PeerAddr) -> BoxFuture<'a, std::io::Result<Connection>> {
+            Box::pin(async move {
+                self.dials.fetch_add(1, Ordering::SeqCst);
+                if self.first.swap(false, Ordering::SeqCst) {
+                    let wait = async {
+                        while self.accepted.load(Ordering::SeqCst) == 0 {
+                            let n = self.seen.notified();
+                            if self.accepted.load(Ordering::SeqCst) > 0 {
+                                break;
+                            }
+                            n.await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+                }
+                self.inner.connect(addr).await
+            })
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut elections = 0;
+    for run in 0..20 {
+        let ours = if run % 2 == 0 { "aaa.fd.test" } else { "zzz.fd.test" };
+        let theirs = "mmm.fd.test";
+        let dir = TempDir::new("fd-election");
+        let fd_port = free_port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(tokio::sync::Notify::new());
+        let dials = Arc::new(AtomicUsize::new(0));
+        let (node, our_port, to_fd, pending) = rt.block_on(async {
+            let mut c = NodeConfig::new(ours, "fd.test");
+            c.connection.peer.auth_application_ids = vec![diam_proto::apps::RELAY];
+            c.connection.request_timeout = Duration::from_secs(20);
+            let connector = Gated {
+                inner: TcpConnector::new(Duration::from_secs(5), true),
+                accepted: accepted.clone(),
+                seen: seen.clone(),
+                first: AtomicBool::new(true),
+                dials: dials.clone(),
+            };
+            let node = Node::builder(c).connector(Arc::new(connector)).build().unwrap();
+            let acceptor = TcpAcceptor::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let our_port = node
+                .listen(Counting { inner: acceptor, accepted: accepted.clone(), seen: seen.clone() })
+                .unwrap()
+                .port();
+            let to_fd = node.add_peer(theirs, [format!("127.0.0.1:{fd_port}").parse().unwrap()]).unwrap();
+            // Requests submitted before anything is connected: they wait.
+            // (DWRs: freeDiameterd answers them without any extension.)
+            let pending: Vec<_> = (0..20u32)
+                .map(|_| {
+                    let p = to_fd.clone();
+                    tokio::spawn(async move {
+                        let dwr = diam_proto::Message::request(0, 280)
+                            .avp(diam_proto::avps::ORIGIN_HOST, ours)
+                            .avp(diam_proto::avps::ORIGIN_REALM, "fd.test")
+                            .build();
+                        p.send(dwr).await
+                    })
+                })
+                .collect();
+            (node, our_port, to_fd, pending)
+        });
+        let connect = format!("{ours}:{our_port}");
+        let fd =
+            FreeDiameter::start_on(dir.path(), theirs, Some(fd_port), &["--allow", "fd.test", "--connect", &connect]);
+        let outcome = rt.block_on(async {
+            to_fd.wait_open(Duration::from_secs(20)).await.map_err(|e| format!("never open: {e}"))?;
+            // Let the losing connection finish closing on both sides.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut answered = 0;
+            for p in pending {
+                match p.await.unwrap() {
+                    Ok(a) if diam_proto::peer::result_code(&a) == Some(2001) => answered += 1,
+                    other => return Err(format!("a request was lost: {other:?}")),
+                }
+            }
+            Ok::<_, String>(answered)
+        });
+        let answered = outcome.unwrap_or_else(|e| panic!("{T} run {run} ({ours}): {e}\n{}", fd.proc.dump()));
+        let elected = fd.log().find(|l| l.to_ascii_lowercase().contains("election")).is_some();
+        elections += usize::from(elected);
+        // Exactly one connection: ours is open, never went down, and the
+        // connection the lower identity dialled is the one left.
+        let expect = if ours < theirs { Direction::Outbound } else { Direction::Inbound };
+        assert_eq!(to_fd.state(), PeerState::Open, "{T} run {run}\n{}", fd.proc.dump());
+        assert_eq!(to_fd.direction(), Some(expect), "{T} run {run} ({ours}): surviving direction\n{}", fd.proc.dump());
+        assert_eq!(to_fd.stats().downs, 0, "{T} run {run}: the peer went down\n{}", fd.proc.dump());
+        assert_eq!(rt.block_on(async { node.peers().len() }), 1, "{T} run {run}: one peer in the table");
+        let opens = fd.log().count(|l| l.contains("-> 'STATE_OPEN'") && l.contains(&format!("'{ours}'")));
+        assert_eq!(opens, 1, "{T} run {run}: freeDiameterd opened {opens} times\n{}", fd.proc.dump());
+        assert_eq!(answered, 20);
+        eprintln!(
+            "{T}: run {run} ({ours} vs {theirs}): open {expect:?}, {} dials, {} accepted, freeDiameterd elected: {elected}",
+            dials.load(Ordering::SeqCst),
+            accepted.load(Ordering::SeqCst)
+        );
+        rt.block_on(node.shutdown(Duration::from_secs(2)));
+        drop(fd);
+    }
+    eprintln!("{T}: freeDiameterd logged an election in {elections} of 20 runs");
+    assert!(elections >= 10, "{T}: the race was exercised in only {elections} runs");
+    finished(T, t0);
+}
+
 // ---------------------------------------------------------------------------
 // Erlang/OTP diameter
 

@@ -120,13 +120,7 @@ fn answer_to(m: &Message, rc: u32) -> Message {
     b.build()
 }
 
-async fn peer(
-    mut io: DuplexStream,
-    b: Behaviour,
-    conn: usize,
-    log: Arc<Log>,
-    rewrite: Rewrite,
-) {
+async fn peer(mut io: DuplexStream, b: Behaviour, conn: usize, log: Arc<Log>, rewrite: Rewrite) {
     let mut buf = BytesMut::new();
     let mut dec = diam_proto::FrameDecoder::new();
     loop {

@@ -465,9 +465,14 @@ impl FreeDiameter {
     /// and starts the daemon; returns once it logged "daemon initialized".
     /// Retries with another port when the first one was taken meanwhile.
     pub(crate) fn start(dir: &Path, identity: &str, conf_args: &[&str]) -> FreeDiameter {
+        Self::start_on(dir, identity, None, conf_args)
+    }
+
+    /// [`start`](Self::start) on `port` when given (no retry on another port).
+    pub(crate) fn start_on(dir: &Path, identity: &str, port: Option<u16>, conf_args: &[&str]) -> FreeDiameter {
         let mut last = String::new();
         for attempt in 0..3 {
-            let port = free_port();
+            let port = port.unwrap_or_else(free_port);
             let out =
                 run(Command::new(fd_conf_script()).arg(dir).arg(identity).arg(port.to_string()).args(conf_args), 10);
             assert!(out.success(), "fd-conf.sh failed: {}", out.describe());
