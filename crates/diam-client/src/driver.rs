@@ -48,6 +48,10 @@ use crate::{Error, Response};
 const MAX_COALESCE: usize = 256 * 1024;
 /// Read buffer size at start, and the room kept free before each read.
 const READ_CHUNK: usize = 4 * 1024;
+/// The most a single read asks for: reads that fill their room double the
+/// next one up to this (a burst is read in few syscalls), and reads far
+/// smaller bring it back down.
+const MAX_READ_CHUNK: usize = 64 * 1024;
 /// Buffers larger than this are given back once empty (after a burst).
 const SHRINK_ABOVE: usize = 64 * 1024;
 
@@ -74,6 +78,8 @@ struct LinkIo {
     up: bool,
     /// Frames may be waiting in `rbuf` (handed over with an inbound CER).
     buffered: bool,
+    /// How much room the next read gets (adapts to the traffic).
+    read_chunk: usize,
 }
 
 impl LinkIo {
@@ -88,6 +94,7 @@ impl LinkIo {
             flush: false,
             meta: LinkMeta { direction, transport: conn.kind, local: conn.local, remote: conn.remote },
             up: false,
+            read_chunk: READ_CHUNK,
         }
     }
 }
@@ -135,6 +142,8 @@ pub(crate) struct PeerTask {
     first_up: bool,
     /// The last reconnect attempt scheduled (for the `reconnected` event).
     last_attempt: u32,
+    /// What the peer advertised, for handlers (set at each Up).
+    info: Option<Arc<PeerInfo>>,
     /// Enter the identity table once the identity is known (with our own
     /// inbound sender).
     learn: Option<mpsc::Sender<Inbound>>,
@@ -191,6 +200,7 @@ impl PeerTask {
             draining: Vec::new(),
             first_up: true,
             last_attempt: 0,
+            info: None,
             learn: init.learn,
         }
     }
@@ -330,23 +340,41 @@ impl PeerTask {
     }
 
     fn poll_read(&mut self, i: usize, cx: &mut Context<'_>, now: Instant) -> bool {
-        let link = &mut self.links[i];
-        if link.rbuf.capacity() - link.rbuf.len() < READ_CHUNK / 4 {
-            link.rbuf.reserve(READ_CHUNK);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut link.stream), cx, &mut link.rbuf) {
-            Poll::Pending => false,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                let id = link.id;
-                self.machine.handle_link_closed(id, now.into_std());
-                true
+        // Read until the socket has nothing more (or a few rounds), so that
+        // a burst is decoded, answered and written back in one go.
+        let mut progress = false;
+        for _ in 0..4 {
+            let link = &mut self.links[i];
+            let want = link.read_chunk;
+            if link.rbuf.capacity() - link.rbuf.len() < want / 2 {
+                link.rbuf.reserve(want);
             }
-            Poll::Ready(Ok(n)) => {
-                self.shared.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
-                self.decode(i, now);
-                true
+            let room = link.rbuf.capacity() - link.rbuf.len();
+            match tokio_util::io::poll_read_buf(Pin::new(&mut link.stream), cx, &mut link.rbuf) {
+                Poll::Pending => return progress,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    let id = link.id;
+                    self.machine.handle_link_closed(id, now.into_std());
+                    return true;
+                }
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    if n >= room {
+                        link.read_chunk = (want * 2).min(MAX_READ_CHUNK);
+                    } else if n < want / 8 {
+                        link.read_chunk = (want / 2).max(READ_CHUNK);
+                    }
+                    self.shared.counters.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    self.decode(i, now);
+                    match self.links.get(i) {
+                        // More may be waiting only when the read filled its room.
+                        Some(l) if n >= room && l.wbuf.len() < MAX_COALESCE => {}
+                        _ => return progress,
+                    }
+                }
             }
         }
+        progress
     }
 
     /// Handles every whole frame in link `i`'s read buffer.
@@ -370,10 +398,12 @@ impl PeerTask {
                 }
             }
         }
-        if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
-            rbuf = BytesMut::new();
-        }
         if let Some(l) = self.links.get_mut(i).filter(|l| l.id == id) {
+            // After a burst, give the room back (the read size has come
+            // down again).
+            if rbuf.is_empty() && rbuf.capacity() > 2 * l.read_chunk {
+                rbuf = BytesMut::new();
+            }
             l.rbuf = rbuf;
         }
     }
@@ -441,9 +471,12 @@ impl PeerTask {
         for (_, t) in &self.draining {
             d = d.min(*t);
         }
-        // Never re-arm in the past: that would spin.
+        // Never re-arm in the past: that would spin. Re-arm only when the
+        // next deadline comes sooner: deadlines that move later (the
+        // watchdog's Tw restarts on every message) just cost one early,
+        // harmless wake-up instead of a timer-wheel update per message.
         let d = d.max(now + Duration::from_micros(100));
-        if self.timer.is_elapsed() || self.timer.deadline() != d {
+        if self.timer.is_elapsed() || d < self.timer.deadline() {
             self.timer.as_mut().reset(d);
         }
     }
@@ -581,7 +614,9 @@ impl PeerTask {
             self.node.learned(&self.shared, &peer, tx);
         }
         *lock(&self.shared.label) = Arc::from(peer.as_str());
-        *lock(&self.shared.info) = Some(Arc::new(info));
+        let info = Arc::new(info);
+        self.info = Some(info.clone());
+        *lock(&self.shared.info) = Some(info);
         *lock(&self.shared.link) = Some(meta);
         *lock(&self.shared.last_error) = None;
         self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);

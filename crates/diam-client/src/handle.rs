@@ -385,6 +385,9 @@ impl PeerHandle {
 
     /// Waits until the peer is `Open`, or fails with why it will not be.
     async fn wait_sendable(&self, deadline: Instant) -> Result<(), Error> {
+        if self.state() == PeerState::Open {
+            return Ok(());
+        }
         let mut rx = self.shared.changes.subscribe();
         loop {
             rx.borrow_and_update();

@@ -255,7 +255,9 @@ fn check_avps(
                         });
                     }
                     check_avps(buf, data.start, data.end, dict, mandatory, depth + 1, false)?;
-                } else if let Err(e) = check_payload(buf, pos, end, def.data_type()) {
+                } else if let Err(e) =
+                    check_data(&buf[data.clone()], def.data_type(), || check_payload(buf, pos, end, def.data_type()))
+                {
                     let rc = match e {
                         DecodeError::BadPayloadLength { .. } => result_codes::DIAMETER_INVALID_AVP_LENGTH,
                         _ => result_codes::DIAMETER_INVALID_AVP_VALUE,
@@ -280,6 +282,33 @@ fn check_avps(
         pos = (pos + padded(length)).min(end);
     }
     Ok(())
+}
+
+/// Checks an AVP's payload against `data_type`: sizes and UTF-8 here
+/// (the common types, on every request), the rest through the typed
+/// decoders (`slow`).
+fn check_data(
+    data: &[u8],
+    data_type: DataType,
+    slow: impl FnOnce() -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    let fixed = match data_type {
+        DataType::OctetString => return Ok(()),
+        DataType::Integer32 | DataType::Enumerated | DataType::Unsigned32 | DataType::Float32 | DataType::Time => 4,
+        DataType::Integer64 | DataType::Unsigned64 | DataType::Float64 => 8,
+        DataType::Utf8String | DataType::DiameterIdentity | DataType::DiameterUri => {
+            if data.is_ascii() || std::str::from_utf8(data).is_ok() {
+                return Ok(());
+            }
+            return slow();
+        }
+        _ => return slow(),
+    };
+    if data.len() == fixed {
+        Ok(())
+    } else {
+        slow()
+    }
 }
 
 /// Checks one AVP's payload against `data_type`, through the typed

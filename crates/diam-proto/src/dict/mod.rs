@@ -185,11 +185,18 @@ impl CommandDef {
     }
 }
 
+/// Vendorless AVP codes below this are found by direct index.
+const SMALL_CODES: usize = 2048;
+
 /// A set of AVP, command, application and vendor definitions.
 #[derive(Debug, Clone, Default)]
 pub struct Dictionary {
     avps: Vec<AvpDef>,
     by_key: HashMap<(u32, u32), usize, KeyHasher>,
+    /// Index + 1 of the vendorless AVPs with codes below [`SMALL_CODES`]
+    /// (0: none): the base protocol and most applications, looked up on
+    /// every AVP of every request without hashing.
+    small: Vec<u32>,
     by_name: HashMap<Box<str>, usize>,
     commands: HashMap<u32, CommandDef>,
     command_names: HashMap<Box<str>, u32>,
@@ -232,6 +239,12 @@ impl Dictionary {
                 self.avps.len() - 1
             }
         };
+        if key.1 == 0 && (key.0 as usize) < SMALL_CODES {
+            if self.small.len() < SMALL_CODES {
+                self.small.resize(SMALL_CODES, 0);
+            }
+            self.small[key.0 as usize] = idx as u32 + 1;
+        }
         let keep_existing = self
             .by_name
             .get(&name)
@@ -280,7 +293,14 @@ impl Dictionary {
     /// The AVP with this code and vendor (`None` or `Some(0)` for IETF AVPs).
     #[inline]
     pub fn avp(&self, code: u32, vendor_id: Option<u32>) -> Option<&AvpDef> {
-        self.by_key.get(&(code, vendor_id.unwrap_or(0))).map(|&i| &self.avps[i])
+        let vendor = vendor_id.unwrap_or(0);
+        if vendor == 0 && (code as usize) < SMALL_CODES {
+            return match self.small.get(code as usize) {
+                Some(&i) if i > 0 => self.avps.get(i as usize - 1),
+                _ => None,
+            };
+        }
+        self.by_key.get(&(code, vendor)).map(|&i| &self.avps[i])
     }
 
     /// The AVP with this name.
