@@ -47,7 +47,7 @@ use crate::{Error, Response};
 /// task stops taking requests and reading until the peer has read some.
 const MAX_COALESCE: usize = 256 * 1024;
 /// Read buffer size at start, and the room kept free before each read.
-const READ_CHUNK: usize = 4 * 1024;
+const READ_CHUNK: usize = 2 * 1024;
 /// The most a single read asks for: reads that fill their room double the
 /// next one up to this (a burst is read in few syscalls), and reads far
 /// smaller bring it back down.
@@ -55,7 +55,9 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 /// Buffers larger than this are given back once empty (after a burst).
 const SHRINK_ABOVE: usize = 64 * 1024;
 
-/// An inbound connection handed to its peer's task after its CER was read.
+/// An inbound connection handed to its peer's task after its CER was read
+/// (boxed in the channel: every peer has one, most never use it, and a
+/// channel allocates room for 32 items up front).
 pub(crate) struct Inbound {
     pub(crate) conn: Connection,
     /// Bytes read after the CER.
@@ -130,7 +132,7 @@ pub(crate) struct PeerTask {
     dials: Vec<Dial>,
     commands: mpsc::Receiver<Command>,
     commands_closed: bool,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<Box<Inbound>>,
     inbound_closed: bool,
     pending: HashMap<u32, Pending>,
     expiry: BinaryHeap<Reverse<(Instant, u32)>>,
@@ -146,7 +148,7 @@ pub(crate) struct PeerTask {
     info: Option<Arc<PeerInfo>>,
     /// Enter the identity table once the identity is known (with our own
     /// inbound sender).
-    learn: Option<mpsc::Sender<Inbound>>,
+    learn: Option<mpsc::Sender<Box<Inbound>>>,
 }
 
 pub(crate) struct TaskInit {
@@ -155,8 +157,8 @@ pub(crate) struct TaskInit {
     pub(crate) machine: PeerMachine,
     pub(crate) targets: Vec<PeerAddr>,
     pub(crate) commands: mpsc::Receiver<Command>,
-    pub(crate) inbound: mpsc::Receiver<Inbound>,
-    pub(crate) learn: Option<mpsc::Sender<Inbound>>,
+    pub(crate) inbound: mpsc::Receiver<Box<Inbound>>,
+    pub(crate) learn: Option<mpsc::Sender<Box<Inbound>>>,
 }
 
 fn local_ip(conn_local: Option<std::net::SocketAddr>) -> IpAddr {
@@ -746,9 +748,9 @@ impl PeerTask {
         }
     }
 
-    fn on_inbound(&mut self, inb: Inbound, now: Instant) {
+    fn on_inbound(&mut self, inb: Box<Inbound>, now: Instant) {
         let ip = local_ip(inb.conn.local);
-        let Inbound { conn, rbuf, cer, info } = inb;
+        let Inbound { conn, rbuf, cer, info } = *inb;
         if self.closing.is_some() {
             let cea =
                 diam_proto::psm::cea(self.machine.config(), &cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, Some(ip));

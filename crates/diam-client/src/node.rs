@@ -49,7 +49,7 @@ fn unix_now() -> u64 {
 
 struct Registered {
     handle: PeerHandle,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Box<Inbound>>,
     configured: bool,
 }
 
@@ -133,7 +133,7 @@ impl NodeShared {
     }
 
     /// Starts a peer task.
-    pub(crate) fn spawn_peer(self: &Arc<Self>, spec: PeerSpec) -> (PeerHandle, mpsc::Sender<Inbound>) {
+    pub(crate) fn spawn_peer(self: &Arc<Self>, spec: PeerSpec) -> (PeerHandle, mpsc::Sender<Box<Inbound>>) {
         let c = &self.config.connection;
         // Room for every request a caller may have in flight, plus control
         // commands (a close must always fit).
@@ -178,7 +178,7 @@ impl NodeShared {
     /// A configured peer known by its address learned its identity: inbound
     /// connections from it go to it from now on (unless another configured
     /// peer has that identity).
-    pub(crate) fn learned(&self, shared: &Arc<PeerShared>, identity: &str, inbound: mpsc::Sender<Inbound>) {
+    pub(crate) fn learned(&self, shared: &Arc<PeerShared>, identity: &str, inbound: mpsc::Sender<Box<Inbound>>) {
         let key = identity.to_ascii_lowercase();
         let mut t = lock(&self.table);
         if t.by_identity.get(&key).is_some_and(|r| r.configured) {
@@ -225,9 +225,9 @@ impl NodeShared {
                 }
             }
         };
-        tx.try_send(*inbound).map_err(|e| match e {
+        tx.try_send(inbound).map_err(|e| match e {
             mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => {
-                (Box::new(i), result_codes::DIAMETER_TOO_BUSY)
+                (i, result_codes::DIAMETER_TOO_BUSY)
             }
         })
     }
