@@ -448,6 +448,15 @@ handle_request(#diameter_packet{msg = ['CCR' | Req]}, _Svc, {_, Caps}) ->
             'Multiple-Services-Credit-Control' => Mscc,
             'Proxy-Info' => maps:get('Proxy-Info', Req, [])},
     {reply, ['CCA' | Cca]};
+handle_request(#diameter_packet{msg = ['RAR' | Req]}, _Svc, {_, Caps}) ->
+    %% A server-initiated request (the client answers it).
+    #diameter_caps{origin_host = {OH, PeerHost}, origin_realm = {OR, _}} = Caps,
+    #{'Session-Id' := SId} = Req,
+    say("REQUEST RAR from=~s session=~s", [PeerHost, SId]),
+    {reply, ['RAA' | #{'Session-Id' => SId,
+                       'Result-Code' => 2001,
+                       'Origin-Host' => OH,
+                       'Origin-Realm' => OR}]};
 handle_request(_Pkt, _Svc, _Peer) ->
     {answer_message, 3001}.
 

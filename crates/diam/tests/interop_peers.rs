@@ -530,6 +530,81 @@ fn erlang_answers_diam_send() {
     finished(T, t0);
 }
 
+/// A server-initiated request over an inbound connection: an Erlang/OTP
+/// client connects to our node, and the node sends it a Re-Auth-Request on
+/// that connection; the Erlang client's handler answers RAA 2001.
+#[test]
+fn server_sends_rar_to_an_erlang_client() {
+    use diam_client::{handler_fn, Direction, Node, NodeConfig};
+    use diam_proto::{apps, avps, commands, Message};
+
+    const T: &str = "server_sends_rar_to_an_erlang_client";
+    if !need(T, "Erlang/OTP diameter (escript)", erlang_available()) {
+        return;
+    }
+    let t0 = started(T);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (node, port) = rt.block_on(async {
+        let mut c = NodeConfig::new("server.erl.test", "erl.test");
+        c.connection.peer.auth_application_ids = vec![apps::CREDIT_CONTROL];
+        // The Erlang CCR carries vendor AVPs (Ericsson's Cost, with the M
+        // bit) that our dictionary does not know: this application does its
+        // own checks.
+        c.mandatory_avps = diam_proto::check::MandatoryAvps::Ignore;
+        let cca = handler_fn(|req: Message| async move { crate_answer(&req) });
+        let node = Node::builder(c).handler(apps::CREDIT_CONTROL, cca).accept_any().build().unwrap();
+        let port = node.listen_tcp("127.0.0.1:0".parse().unwrap()).await.unwrap().port();
+        (node, port)
+    });
+    let mut client = start_erlang_client(port, 1, &["--tw", "3000", "--linger-ms", "8000"]);
+    let answered = client.out.wait_for(Duration::from_secs(30), |l| l.starts_with("ANSWER 0 "));
+    assert_eq!(answered.as_deref(), Some("ANSWER 0 2001"), "{T}\n{}", client.dump());
+    let raa = rt.block_on(async {
+        let pcef = node.peer("client.erl.test").expect("the Erlang client is in the node's table");
+        assert_eq!(pcef.direction(), Some(Direction::Inbound));
+        let rar = Message::request(apps::CREDIT_CONTROL, commands::RE_AUTH)
+            .proxiable(true)
+            .avp(avps::SESSION_ID, "server.erl.test;1;rar")
+            .avp(avps::ORIGIN_HOST, "server.erl.test")
+            .avp(avps::ORIGIN_REALM, "erl.test")
+            .avp(avps::DESTINATION_REALM, "erl.test")
+            .avp(avps::DESTINATION_HOST, "client.erl.test")
+            .avp(avps::AUTH_APPLICATION_ID, apps::CREDIT_CONTROL)
+            .avp(avps::RE_AUTH_REQUEST_TYPE, 0)
+            .build();
+        pcef.send(rar).await
+    });
+    let raa = raa.unwrap_or_else(|e| panic!("{T}: RAR: {e}\n{}", client.dump()));
+    assert_eq!(raa.get(avps::RESULT_CODE).unwrap(), Some(2001), "{T}: {raa:?}");
+    assert_eq!(raa.get(avps::ORIGIN_HOST).unwrap(), Some("client.erl.test"));
+    assert!(
+        client.out.find(|l| l.starts_with("REQUEST RAR from=server.erl.test")).is_some(),
+        "{T}: the Erlang client did not see the RAR\n{}",
+        client.dump()
+    );
+    client.kill();
+    rt.block_on(node.shutdown(Duration::from_secs(1)));
+    finished(T, t0);
+}
+
+/// The standard CCA for a CCR (what `diam serve` answers).
+fn crate_answer(req: &diam_proto::Message) -> diam_proto::Message {
+    use diam_proto::{avps, Message};
+    let mut b = Message::answer_to(req)
+        .avp(avps::RESULT_CODE, 2001u32)
+        .avp(avps::ORIGIN_HOST, "server.erl.test")
+        .avp(avps::ORIGIN_REALM, "erl.test");
+    for key in [avps::AUTH_APPLICATION_ID, avps::CC_REQUEST_NUMBER] {
+        if let Some(avp) = req.find(key) {
+            b = b.copy_avp(&avp);
+        }
+    }
+    if let Some(avp) = req.find(avps::CC_REQUEST_TYPE) {
+        b = b.copy_avp(&avp);
+    }
+    b.build()
+}
+
 #[test]
 fn erlang_client_against_diam_serve() {
     const T: &str = "erlang_client_against_diam_serve";
