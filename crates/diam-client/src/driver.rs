@@ -132,6 +132,7 @@ pub(crate) struct PeerTask {
     dials: Vec<Dial>,
     commands: mpsc::Receiver<Command>,
     commands_closed: bool,
+    control: mpsc::Receiver<Command>,
     inbound: mpsc::Receiver<Box<Inbound>>,
     inbound_closed: bool,
     pending: HashMap<u32, Pending>,
@@ -146,6 +147,10 @@ pub(crate) struct PeerTask {
     last_attempt: u32,
     /// What the peer advertised, for handlers (set at each Up).
     info: Option<Arc<PeerInfo>>,
+    /// Links dialled to replace the open one (rotation).
+    replacements: Vec<LinkId>,
+    /// The peer refused a replacement connection: rotations stop.
+    rotation_refused: bool,
     /// Enter the identity table once the identity is known (with our own
     /// inbound sender).
     learn: Option<mpsc::Sender<Box<Inbound>>>,
@@ -157,6 +162,7 @@ pub(crate) struct TaskInit {
     pub(crate) machine: PeerMachine,
     pub(crate) targets: Vec<PeerAddr>,
     pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) control: mpsc::Receiver<Command>,
     pub(crate) inbound: mpsc::Receiver<Box<Inbound>>,
     pub(crate) learn: Option<mpsc::Sender<Box<Inbound>>>,
 }
@@ -191,6 +197,7 @@ impl PeerTask {
             dials: Vec::new(),
             commands: init.commands,
             commands_closed: false,
+            control: init.control,
             inbound: init.inbound,
             inbound_closed: false,
             pending: HashMap::new(),
@@ -203,6 +210,8 @@ impl PeerTask {
             first_up: true,
             last_attempt: 0,
             info: None,
+            replacements: Vec::new(),
+            rotation_refused: false,
             learn: init.learn,
         }
     }
@@ -216,6 +225,9 @@ impl PeerTask {
             }
             self.arm_timer();
             std::future::poll_fn(|cx| self.poll_once(cx)).await;
+            // A peer that floods us through a stream outside tokio's
+            // cooperative budget must not keep this worker to itself.
+            tokio::task::consume_budget().await;
         }
         self.finish();
     }
@@ -226,9 +238,10 @@ impl PeerTask {
         }
         match self.machine.state() {
             PeerState::Closed => true,
-            // A peer nobody can reach any more: its node forgot it and every
-            // handle is gone.
-            PeerState::Disconnected => self.commands_closed && self.inbound_closed,
+            // A peer that cannot come back: nothing to dial, and its node no
+            // longer routes inbound connections to it (evicted, or replaced
+            // by a configured peer of the same identity).
+            PeerState::Disconnected => self.inbound_closed && self.targets.is_empty(),
             _ => false,
         }
     }
@@ -286,7 +299,12 @@ impl PeerTask {
             self.handler_done(done);
             progress = true;
         }
-        // Requests and commands.
+        // Control commands, on every round.
+        while let Poll::Ready(Some(cmd)) = self.control.poll_recv(cx) {
+            self.command(cmd, now);
+            progress = true;
+        }
+        // Requests.
         if !self.commands_closed && self.sending_room() {
             loop {
                 match self.commands.poll_recv(cx) {
@@ -683,9 +701,20 @@ impl PeerTask {
         }
         self.dials.retain(|d| d.link != link);
         self.draining.retain(|(l, _)| *l != link);
+        let replacement = self.replacements.contains(&link);
+        self.replacements.retain(|l| *l != link);
         let Some(i) = self.links.iter().position(|l| l.id == link) else { return };
         let io = self.links.swap_remove(i);
-        if !io.up && !reason.is_clean() && !matches!(reason, CloseReason::LocalDisconnect { .. }) {
+        if replacement && !io.up {
+            // The peer refused a second connection (an RFC-strict one does):
+            // the current one carries on; no failure, and no more rotations.
+            tracing::debug!(peer = %Escaped(&self.shared.label()), %reason, "rotation refused; keeping the connection");
+            self.rotation_refused = true;
+        } else if !io.up && !reason.is_clean() && !matches!(reason, CloseReason::LocalDisconnect { .. }) {
+            if io.meta.direction == Direction::Outbound {
+                // Try the next address next time.
+                self.next_target = self.next_target.wrapping_add(1);
+            }
             // An attempt that never came up.
             self.shared.counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
             *lock(&self.shared.last_error) = Some(Error::from_close(&reason));
@@ -708,6 +737,10 @@ impl PeerTask {
     // ---- dialling and inbound connections ----------------------------------
 
     fn start_dial(&mut self, link: LinkId, now: Instant) {
+        if self.machine.state().is_connected() {
+            // A rotation's replacement.
+            self.replacements.push(link);
+        }
         if self.targets.is_empty() {
             let reason = CloseReason::DialFailed { message: "the peer has no address to dial".into() };
             self.machine.handle_dial_failed(link, reason, now.into_std());
@@ -824,7 +857,13 @@ impl PeerTask {
             self.answer_error(link, &req, result_codes::DIAMETER_TOO_BUSY);
             return;
         }
-        let mut fut = handler.handle(req.clone(), &info);
+        // A handler may panic before it returns its future, as well as in it.
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(req.clone(), &info)));
+        let Ok(mut fut) = made else {
+            tracing::warn!(peer = %Escaped(&self.shared.label()), "request handler panicked");
+            self.answer_error(link, &req, result_codes::DIAMETER_UNABLE_TO_COMPLY);
+            return;
+        };
         // Fast path: a handler that is ready at once answers inline, with
         // no task spawned (the common case for simple servers).
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -876,7 +915,10 @@ impl PeerTask {
 
     fn command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::Request { msg, reply, deadline, permit } => self.request(msg, reply, deadline, permit, now),
+            Command::Request(r) => {
+                let crate::handle::RequestCmd { msg, reply, deadline, permit } = *r;
+                self.request(msg, reply, deadline, permit, now)
+            }
             Command::Connect => {
                 if !self.targets.is_empty() && self.closing.is_none() {
                     self.machine.connect(now.into_std());
@@ -884,7 +926,9 @@ impl PeerTask {
             }
             Command::Close { cause, done } => self.begin_close(cause, Some(done), now),
             Command::Rotate => {
-                if self.machine.rotate(now.into_std()) {
+                // The lifetime restarts now, whatever happens to the attempt.
+                self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);
+                if !self.rotation_refused && self.machine.rotate(now.into_std()) {
                     self.emit(EventData::MarkedForReconnect);
                 }
             }
@@ -1028,10 +1072,14 @@ impl PeerTask {
             let _ = p.reply.send(Err(Unanswered { error: error.clone(), written: Some(p.end_to_end) }));
         }
         self.commands.close();
-        while let Ok(cmd) = self.commands.try_recv() {
+        self.control.close();
+        let queued: Vec<Command> = std::iter::from_fn(|| self.commands.try_recv().ok())
+            .chain(std::iter::from_fn(|| self.control.try_recv().ok()))
+            .collect();
+        for cmd in queued {
             match cmd {
-                Command::Request { reply, .. } => {
-                    let _ = reply.send(Err(Unanswered::unsent(error.clone())));
+                Command::Request(r) => {
+                    let _ = r.reply.send(Err(Unanswered::unsent(error.clone())));
                 }
                 Command::Close { done, .. } => {
                     let _ = done.send(());

@@ -39,23 +39,26 @@ pub(crate) type Reply = Result<Message, Unanswered>;
 /// A message to the peer task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Request {
-        msg: Message,
-        reply: oneshot::Sender<Reply>,
-        deadline: Instant,
-        permit: OwnedSemaphorePermit,
-    },
+    /// Boxed: a channel allocates room for 32 items up front, and every peer
+    /// has two channels (a 16-byte item keeps that under 1 KiB).
+    Request(Box<RequestCmd>),
     /// Start dialling (a lazily connected peer's first send).
     Connect,
     /// Drain, DPR with `cause`, and stop for good.
-    Close {
-        cause: i32,
-        done: oneshot::Sender<()>,
-    },
+    Close { cause: i32, done: oneshot::Sender<()> },
     /// Replace the connection gracefully (lifetime rotation).
     Rotate,
     /// Send a watchdog DWR now.
     Probe,
+}
+
+/// One request on its way to the peer task.
+#[derive(Debug)]
+pub(crate) struct RequestCmd {
+    pub(crate) msg: Message,
+    pub(crate) reply: oneshot::Sender<Reply>,
+    pub(crate) deadline: Instant,
+    pub(crate) permit: OwnedSemaphorePermit,
 }
 
 /// Per-peer counters (lock-free; the peer task updates them).
@@ -142,6 +145,10 @@ pub(crate) struct PeerShared {
     pub(crate) info: Mutex<Option<Arc<PeerInfo>>>,
     pub(crate) link: Mutex<Option<LinkMeta>>,
     pub(crate) commands: mpsc::Sender<Command>,
+    /// Connect, close, rotate and probe: a queue of their own, read on every
+    /// round, so a full request queue (a peer that stopped reading) never
+    /// holds them up.
+    pub(crate) control: mpsc::Sender<Command>,
     permits: Arc<Semaphore>,
     max_pending: usize,
     pub(crate) request_timeout: Duration,
@@ -178,6 +185,7 @@ pub(crate) struct SharedInit {
     pub(crate) remote: Option<Arc<Remote>>,
     pub(crate) events: EventDispatcher,
     pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) control: mpsc::Sender<Command>,
     pub(crate) max_pending: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) fail_fast_reconnecting: bool,
@@ -197,6 +205,7 @@ impl PeerShared {
             info: Mutex::new(None),
             link: Mutex::new(None),
             commands: init.commands,
+            control: init.control,
             permits: Arc::new(Semaphore::new(init.max_pending)),
             max_pending: init.max_pending,
             request_timeout: init.request_timeout,
@@ -286,6 +295,19 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
+/// Waits for the peer task's reply, but never long past `deadline`: a
+/// request still queued then (the task is not taking requests, e.g. its
+/// peer stopped reading) was never written, and the task will not write it
+/// any more (it checks deadlines before writing).
+async fn bounded(reply: impl std::future::Future<Output = Reply>, deadline: Instant) -> Reply {
+    /// Time for the task's own timeout report to arrive first.
+    const GRACE: Duration = Duration::from_millis(50);
+    match tokio::time::timeout_at(deadline + GRACE, reply).await {
+        Ok(r) => r,
+        Err(_) => Err(Unanswered::unsent(Error::Timeout)),
+    }
+}
+
 /// One peer of a [`Node`](crate::Node): send requests to it, whichever
 /// connection carries it now (one we dialled, or one it opened to us), and
 /// watch its state.
@@ -360,7 +382,7 @@ impl PeerHandle {
                 Ok(r) => r,
                 Err(e) => return Err(Unanswered::unsent(e)),
             };
-            match reply.await {
+            match bounded(reply, deadline).await {
                 // The state moved between our check and the task: it was
                 // never written, so wait for the peer again.
                 Err(Unanswered { error: Error::NotAvailable(_), written: None }) if Instant::now() < deadline => {}
@@ -378,7 +400,7 @@ impl PeerHandle {
             Err(_) => return Err(Unanswered::unsent(Error::Timeout)),
         };
         match self.submit(request, deadline, permit) {
-            Ok(reply) => reply.await,
+            Ok(reply) => bounded(reply, deadline).await,
             Err(e) => Err(Unanswered::unsent(e)),
         }
     }
@@ -497,7 +519,7 @@ impl PeerHandle {
         permit: OwnedSemaphorePermit,
     ) -> Result<impl std::future::Future<Output = Reply> + Send + 'static, Error> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Request { msg: request, reply, deadline, permit };
+        let cmd = Command::Request(Box::new(RequestCmd { msg: request, reply, deadline, permit }));
         match self.shared.commands.try_send(cmd) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Overloaded),
@@ -510,7 +532,7 @@ impl PeerHandle {
     /// lazily connected peer does this on its first send).
     pub fn connect(&self) {
         if self.state() == PeerState::Disconnected {
-            let _ = self.shared.commands.try_send(Command::Connect);
+            let _ = self.shared.control.try_send(Command::Connect);
         }
     }
 
@@ -521,7 +543,7 @@ impl PeerHandle {
     /// ended.
     pub async fn close(&self, cause: i32) -> Option<CloseReason> {
         let (done, rx) = oneshot::channel();
-        if self.shared.commands.send(Command::Close { cause, done }).await.is_ok() {
+        if self.shared.control.send(Command::Close { cause, done }).await.is_ok() {
             let _ = rx.await;
         }
         crate::handle::lock(&self.shared.last_reason).clone()
@@ -530,12 +552,12 @@ impl PeerHandle {
     /// Replaces the connection gracefully (the new one first, then drain and
     /// DPR the old). Returns false when the peer is not open.
     pub fn rotate(&self) -> bool {
-        self.state().is_connected() && self.shared.commands.try_send(Command::Rotate).is_ok()
+        self.state() == PeerState::Open && self.shared.control.try_send(Command::Rotate).is_ok()
     }
 
     /// Asks the watchdog to send a DWR now (a health check within RFC 3539).
     pub fn probe(&self) {
-        let _ = self.shared.commands.try_send(Command::Probe);
+        let _ = self.shared.control.try_send(Command::Probe);
     }
 
     /// The peer's state.

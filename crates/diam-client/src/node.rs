@@ -133,11 +133,14 @@ impl NodeShared {
     }
 
     /// Starts a peer task.
-    pub(crate) fn spawn_peer(self: &Arc<Self>, spec: PeerSpec) -> (PeerHandle, mpsc::Sender<Box<Inbound>>) {
+    /// Starts a peer task and enters it in `table` (the caller holds the
+    /// table's lock, so that checking and inserting are one step).
+    fn spawn_peer_in(self: &Arc<Self>, table: &mut Table, spec: PeerSpec) -> (PeerHandle, mpsc::Sender<Box<Inbound>>) {
         let c = &self.config.connection;
         // Room for every request a caller may have in flight, plus control
         // commands (a close must always fit).
-        let (tx, rx) = mpsc::channel(c.max_pending.min(65_536) + 8);
+        let (tx, rx) = mpsc::channel(c.max_pending.min(65_536));
+        let (ctx, crx) = mpsc::channel(16);
         let (itx, irx) = mpsc::channel(4);
         let label: Arc<str> = match (&spec.identity, spec.targets.first()) {
             (Some(id), _) => Arc::from(id.as_str()),
@@ -151,6 +154,7 @@ impl NodeShared {
             remote,
             events: self.events.clone(),
             commands: tx,
+            control: ctx,
             max_pending: c.max_pending,
             request_timeout: c.request_timeout,
             fail_fast_reconnecting: spec.fail_fast_reconnecting,
@@ -161,13 +165,14 @@ impl NodeShared {
         let machine =
             PeerMachine::new(self.peer_config.clone(), settings, spec.policy, IdGenerator::new(unix_now(), seed), seed);
         let handle = PeerHandle { shared: shared.clone(), owner: None };
-        lock(&self.table).all.insert(shared.id, handle.clone());
+        table.all.insert(shared.id, handle.clone());
         let task = PeerTask::new(TaskInit {
             node: self.clone(),
             shared,
             machine,
             targets: spec.targets,
             commands: rx,
+            control: crx,
             inbound: irx,
             learn: spec.learn.then(|| itx.clone()),
         });
@@ -186,6 +191,12 @@ impl NodeShared {
         }
         let handle = PeerHandle { shared: shared.clone(), owner: None };
         t.by_identity.insert(key, Registered { handle, inbound, configured: true });
+    }
+
+    /// Starts a peer task (taking the table's lock).
+    pub(crate) fn spawn_peer(self: &Arc<Self>, spec: PeerSpec) -> (PeerHandle, mpsc::Sender<Box<Inbound>>) {
+        let mut t = lock(&self.table);
+        self.spawn_peer_in(&mut t, spec)
     }
 
     fn peer_count(&self) -> usize {
@@ -208,7 +219,8 @@ impl NodeShared {
                     if t.all.len() >= self.config.max_peers && !evict_one(&mut t) {
                         return Err((inbound, result_codes::DIAMETER_TOO_BUSY));
                     }
-                    drop(t);
+                    // Checked and entered under one lock: concurrent CERs of
+                    // one new identity share one peer.
                     let spec = PeerSpec {
                         identity: Some(inbound.info.origin_host.clone()),
                         targets: Vec::new(),
@@ -217,10 +229,8 @@ impl NodeShared {
                         fail_fast_reconnecting: false,
                         learn: false,
                     };
-                    let (handle, tx) = self.spawn_peer(spec);
-                    lock(&self.table)
-                        .by_identity
-                        .insert(key, Registered { handle, inbound: tx.clone(), configured: false });
+                    let (handle, tx) = self.spawn_peer_in(&mut t, spec);
+                    t.by_identity.insert(key, Registered { handle, inbound: tx.clone(), configured: false });
                     tx
                 }
             }
@@ -243,8 +253,17 @@ impl NodeShared {
         let peers: Vec<PeerHandle> = lock(&self.table).all.values().cloned().collect();
         for p in peers {
             let (done, _rx) = tokio::sync::oneshot::channel();
-            let _ =
-                p.shared.commands.try_send(crate::handle::Command::Close { cause: disconnect_cause::REBOOTING, done });
+            let close = crate::handle::Command::Close { cause: disconnect_cause::REBOOTING, done };
+            if let Err(mpsc::error::TrySendError::Full(close)) = p.shared.control.try_send(close) {
+                // The control queue is full of hints (connect, probe): wait
+                // for room rather than lose the close.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let control = p.shared.control.clone();
+                    rt.spawn(async move {
+                        let _ = control.send(close).await;
+                    });
+                }
+            }
         }
     }
 }
@@ -513,32 +532,29 @@ impl Node {
             return Err(Error::InvalidConfig(format!("peer {identity} needs 1 to 16 addresses")));
         }
         let key = identity.to_ascii_lowercase();
-        {
-            let t = lock(&shared.table);
+        let handle = {
+            let mut t = lock(&shared.table);
             if t.by_identity.get(&key).is_some_and(|r| r.configured) {
                 return Err(Error::InvalidConfig(format!("peer {identity} is already configured")));
             }
             if t.all.len() >= shared.config.max_peers {
                 return Err(Error::PoolFull(shared.config.max_peers));
             }
-        }
-        let spec = PeerSpec {
-            identity: Some(identity.to_string()),
-            targets,
-            policy: shared.config.reconnect.policy(seed()),
-            lazy: false,
-            fail_fast_reconnecting: false,
-            learn: false,
+            let spec = PeerSpec {
+                identity: Some(identity.to_string()),
+                targets,
+                policy: shared.config.reconnect.policy(seed()),
+                lazy: false,
+                fail_fast_reconnecting: false,
+                learn: false,
+            };
+            let (handle, tx) = shared.spawn_peer_in(&mut t, spec);
+            // A dynamic entry for the same identity keeps its connection until
+            // it ends (its task then stops: nothing routes to it any more);
+            // new inbound connections go to the configured peer.
+            t.by_identity.insert(key, Registered { handle: handle.clone(), inbound: tx, configured: true });
+            handle
         };
-        let (handle, tx) = shared.spawn_peer(spec);
-        let replaced = lock(&shared.table)
-            .by_identity
-            .insert(key, Registered { handle: handle.clone(), inbound: tx, configured: true });
-        if let Some(old) = replaced {
-            // A dynamic entry for the same identity: it keeps its connection
-            // until it ends; new inbound connections go to the configured peer.
-            drop(old);
-        }
         handle.connect();
         Ok(self.owned(handle))
     }

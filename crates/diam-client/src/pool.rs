@@ -141,8 +141,8 @@ struct Entry {
     addr: PeerAddr,
     peer: PeerHandle,
     created: Instant,
-    /// Held by a peer group: never closed for idleness, never given up.
-    pinned: bool,
+    /// Held by a peer group: never closed for idleness.
+    pinned: AtomicBool,
 }
 
 #[derive(Default)]
@@ -457,15 +457,19 @@ impl AddressClient {
             return Err(Error::PoolClosed);
         }
         if let Some(e) = inner.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&addr) {
-            if !pinned || e.pinned {
-                return Ok(e.clone());
+            if pinned {
+                // A group takes it over: no idle closure from now on. (An
+                // entry made by a plain send keeps its attempt limit.)
+                e.pinned.store(true, Ordering::Relaxed);
             }
+            return Ok(e.clone());
         }
         let mut entries = inner.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(e) = entries.get(&addr) {
-            if !pinned || e.pinned || e.peer.state() != PeerState::Closed {
-                return Ok(e.clone());
+            if pinned {
+                e.pinned.store(true, Ordering::Relaxed);
             }
+            return Ok(e.clone());
         }
         if entries.len() >= inner.config.max_connections {
             return Err(Error::PoolFull(inner.config.max_connections));
@@ -476,7 +480,8 @@ impl AddressClient {
             reconnect.policy(crate::node::seed()),
             inner.config.fail_fast_while_reconnecting,
         );
-        let entry = Arc::new(Entry { addr: addr.clone(), peer, created: Instant::now(), pinned });
+        let entry =
+            Arc::new(Entry { addr: addr.clone(), peer, created: Instant::now(), pinned: AtomicBool::new(pinned) });
         // Cleanup the moment the peer is closed for good (it failed with
         // reconnecting off, or gave up): a few map operations, run by the
         // peer's task itself.
@@ -721,7 +726,9 @@ fn sweep(pool: &Arc<Inner>) {
     let c = &pool.config;
     for entry in pool.snapshot() {
         let peer = &entry.peer;
-        let idle = !c.idle_timeout.is_zero() && !entry.pinned && peer.shared.idle_for() >= c.idle_timeout;
+        let idle = !c.idle_timeout.is_zero()
+            && !entry.pinned.load(Ordering::Relaxed)
+            && peer.shared.idle_for() >= c.idle_timeout;
         if idle && peer.in_flight() == 0 {
             let removed = {
                 let mut entries = pool.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);

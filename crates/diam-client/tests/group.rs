@@ -24,7 +24,9 @@ fn pool() -> AddressClient {
     c.connection.peer.auth_application_ids = vec![4];
     c.reconnect_interval = Duration::from_millis(50);
     c.max_reconnect_delay = Duration::from_millis(200);
-    AddressClient::new(c).unwrap()
+    // Listeners inline: the tests read what they recorded right after
+    // acting (on paused time, a worker thread would lag behind).
+    AddressClient::with_events(c, diam_link::events::EventDispatcher::new()).unwrap()
 }
 
 fn ccr(n: u32, proxiable: bool) -> Message {

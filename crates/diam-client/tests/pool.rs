@@ -159,7 +159,7 @@ async fn failure_removes_the_entry_at_once_without_reconnect() {
 #[tokio::test]
 async fn reconnects_in_place_and_reports_events() {
     let mut peer = TestPeer::start(Duration::ZERO).await;
-    let client = AddressClient::new(config()).unwrap();
+    let client = AddressClient::with_events(config(), diam_link::events::EventDispatcher::new()).unwrap();
     let events: Arc<Mutex<Vec<&'static str>>> = Arc::default();
     let e = events.clone();
     let _sub = client.events().subscribe_all(move |ev: &diam_link::events::Event| {

@@ -388,6 +388,8 @@ pub struct PeerMachine {
     events: VecDeque<Event>,
     /// Why the last connection ended (for reports).
     last_reason: Option<CloseReason>,
+    /// Waiting for the CER of a peer that won an election.
+    election_grace: bool,
 }
 
 impl std::fmt::Debug for PeerMachine {
@@ -452,6 +454,7 @@ impl PeerMachine {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             last_reason: None,
+            election_grace: false,
         }
     }
 
@@ -620,7 +623,7 @@ impl PeerMachine {
     /// whether a replacement was started.
     pub fn rotate(&mut self, _now: Instant) -> bool {
         let open = matches!(self.rfc, RfcState::IOpen | RfcState::ROpen);
-        if !open || self.stopped || self.links.iter().any(|l| l.replacement) {
+        if !open || self.state != PeerState::Open || self.stopped || self.links.iter().any(|l| l.replacement) {
             return false;
         }
         let link = self.new_link(Direction::Outbound, Phase::Dialling);
@@ -825,6 +828,7 @@ impl PeerMachine {
         self.attempt = 0;
         self.opened_at = Some(now);
         self.reconnect_at = None;
+        self.election_grace = false;
         self.info = Some(info.clone());
         self.watchdog.handle_open(now);
         self.events.push_back(Event::Up { link, direction, info: Box::new(info), applications });
@@ -852,12 +856,16 @@ impl PeerMachine {
     /// The traffic-carrying connection is gone: the watchdog learns it, the
     /// driver gets `Down`, the reconnect policy the uptime.
     fn went_down(&mut self, reason: CloseReason, now: Instant) {
-        if reason.is_clean() {
-            // A clean DPR/DPA close needs no REOPEN probation next time.
-            self.watchdog.reset();
-        } else {
-            self.watchdog.handle_closed();
-            self.drain_watchdog(now);
+        // Only a connection that was up changes the watchdog: a failed or
+        // refused handshake leaves it as it was (DOWN stays DOWN).
+        if self.up {
+            if reason.is_clean() {
+                // A clean DPR/DPA close needs no REOPEN probation next time.
+                self.watchdog.reset();
+            } else {
+                self.watchdog.handle_closed();
+                self.drain_watchdog(now);
+            }
         }
         if self.up {
             self.up = false;
@@ -879,13 +887,17 @@ impl PeerMachine {
             return;
         }
         let Some(policy) = &mut self.reconnect else { return };
-        if *reason == CloseReason::Election {
+        if *reason == CloseReason::Election && !self.election_grace {
             // The peer won an election and is connecting to us: give its
-            // CER a CER timeout to arrive before dialling again (no backoff
-            // step: nothing failed).
+            // CER a CER timeout to arrive before anything else. When the
+            // grace ends with no CER, the regular schedule takes over
+            // (a peer that answers every CER with 4003 is paced like any
+            // other failure).
+            self.election_grace = true;
             self.reconnect_at = Some(now + self.config.cer_timeout);
             return;
         }
+        self.election_grace = false;
         match policy.next_delay() {
             Some(mut delay) => {
                 if reason.wants_long_backoff() {
@@ -1108,7 +1120,9 @@ impl PeerMachine {
             && base
             && code == commands::DEVICE_WATCHDOG
             && l.dwr.is_some_and(|(h, _)| h == msg.hop_by_hop());
-        if active {
+        // A DWA counts wherever it arrives: after a rotation the answer to a
+        // DWR sent on the old link comes back on that link.
+        if active || is_dwa {
             self.watchdog.handle_received(is_dwa, now);
         }
         if !base {
@@ -1174,7 +1188,7 @@ impl PeerMachine {
             // of the driver's own (a DWR the application sent).
             (false, _) => Incoming::Answer(msg),
         };
-        if active {
+        if active || is_dwa {
             self.drain_watchdog(now);
         }
         self.refresh();
@@ -1203,7 +1217,11 @@ impl PeerMachine {
             return self.cea_failed(link, CloseReason::HandshakeFailed { result_code, message }, now);
         }
         let info = match PeerInfo::from_message(cea) {
-            Ok(info) => info,
+            Ok(info) if !info.origin_host.is_empty() && !info.origin_realm.is_empty() => info,
+            Ok(_) => {
+                let reason = CloseReason::ProtocolError("CEA without Origin-Host or Origin-Realm".into());
+                return self.cea_failed(link, reason, now);
+            }
             Err(e) => return self.cea_failed(link, CloseReason::ProtocolError(format!("CEA: {e}")), now),
         };
         if let Some(expected) = &self.settings.identity {
@@ -1218,8 +1236,12 @@ impl PeerMachine {
             // Rotation: the new link takes over, the old one drains.
             let Some(old) = self.active else { return };
             if let Some(l) = self.link_mut(old) {
-                l.phase = Phase::Draining;
-                l.dwr = None;
+                // Its outstanding DWR (if any) may still be answered on it.
+                // A link already closing keeps its DPR and DPA deadline.
+                if matches!(l.phase, Phase::Open) {
+                    l.phase = Phase::Draining;
+                    l.deadline = None;
+                }
             }
             if let Some(l) = self.link_mut(link) {
                 l.replacement = false;
@@ -1286,7 +1308,13 @@ impl PeerMachine {
         }
         if self.reconnect_at.is_some_and(|t| now >= t) && self.rfc == RfcState::Closed && !self.stopped {
             self.reconnect_at = None;
-            self.start_dial(now);
+            if self.election_grace {
+                // No CER came from the peer that said it won: back to the
+                // schedule.
+                self.schedule(&CloseReason::Election, now);
+            } else {
+                self.start_dial(now);
+            }
         }
         self.refresh();
     }
