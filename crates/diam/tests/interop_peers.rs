@@ -343,6 +343,21 @@ fn election_against_freediameter() {
                         }
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+                    // freeDiameterd may dial us before its own listener is
+                    // up (a loaded machine shows it): retry a refused dial
+                    // for a moment, still well inside the election window.
+                    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                    loop {
+                        match self.inner.connect(addr).await {
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                                    && tokio::time::Instant::now() < until =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(20)).await
+                            }
+                            other => return other,
+                        }
+                    }
                 }
                 self.inner.connect(addr).await
             })
@@ -578,7 +593,7 @@ fn server_sends_rar_to_an_erlang_client() {
     assert_eq!(raa.get(avps::RESULT_CODE).unwrap(), Some(2001), "{T}: {raa:?}");
     assert_eq!(raa.get(avps::ORIGIN_HOST).unwrap(), Some("client.erl.test"));
     assert!(
-        client.out.find(|l| l.starts_with("REQUEST RAR from=server.erl.test")).is_some(),
+        client.out.wait_for(Duration::from_secs(5), |l| l.starts_with("REQUEST RAR from=server.erl.test")).is_some(),
         "{T}: the Erlang client did not see the RAR\n{}",
         client.dump()
     );
