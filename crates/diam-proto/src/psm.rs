@@ -36,8 +36,7 @@
 //! When a CER arrives on a new inbound connection while our own CER is
 //! outstanding (Wait-I-CEA), or our dial is still under way
 //! (Wait-Conn-Ack), the responder elects: it compares its Origin-Host with
-//! the CER's as octet strings, ASCII letters compared case-insensitively
-//! (§5.6.4). The higher identity wins and closes the connection *it*
+//! the CER's as octet strings (§5.6.4). The higher identity wins and closes the connection *it*
 //! initiated; both sides therefore keep the connection initiated by the
 //! lower identity. The loser keeps the inbound CER unanswered until its own
 //! CEA arrives, then closes the inbound connection (after a CEA with 4003
@@ -405,12 +404,10 @@ impl std::fmt::Debug for PeerMachine {
     }
 }
 
-/// Compares two DiameterIdentities as RFC 6733 §5.6.4 does: octet by
-/// octet, ASCII letters case-insensitively. Whether `local` wins.
+/// Compares two DiameterIdentities as RFC 6733 §5.6.4 does: "as two
+/// streams of octets", the higher value winning. Whether `local` wins.
 pub fn wins_election(local: &str, remote: &str) -> bool {
-    let l = local.bytes().map(|b| b.to_ascii_lowercase());
-    let r = remote.bytes().map(|b| b.to_ascii_lowercase());
-    l.cmp(r) == std::cmp::Ordering::Greater
+    local.as_bytes() > remote.as_bytes()
 }
 
 impl PeerMachine {

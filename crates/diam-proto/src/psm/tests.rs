@@ -731,11 +731,11 @@ fn one_side_connecting_opens_without_election() {
 }
 
 #[test]
-fn election_comparison_is_octet_order_ignoring_ascii_case() {
+fn election_comparison_is_octet_order() {
     assert!(wins_election("b.example", "a.example"));
     assert!(!wins_election("a.example", "b.example"));
-    assert!(wins_election("B.example", "a.example"));
-    assert!(!wins_election("A.example", "b.example"));
+    assert!(wins_election("a.example", "B.example"), "'a' (0x61) is above 'B' (0x42)");
+    assert!(!wins_election("B.example", "a.example"));
     assert!(wins_election("aa", "a"), "a longer identity with the same prefix succeeds it");
-    assert!(!wins_election("same", "SAME"), "equal identities: nobody wins");
+    assert!(!wins_election("same", "same"), "equal identities: nobody wins");
 }
