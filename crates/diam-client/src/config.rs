@@ -43,6 +43,16 @@ pub struct ConnectionConfig {
     pub drain_timeout: Duration,
     /// TCP_NODELAY. Default true (Diameter is request/answer traffic).
     pub nodelay: bool,
+    /// Once a message's header has arrived, the rest must follow within
+    /// this, or the connection is closed (a peer drip-feeding a message
+    /// would otherwise hold its buffer until the watchdog gives up, about
+    /// 2 minutes). Default 10 s: a 1 MiB message needs under 1 Mbit/s.
+    pub message_timeout: Duration,
+    /// Pause between the CEA and our TLS ClientHello when we start
+    /// in-band TLS as the client. Default 10 ms: Erlang/OTP 25 loses a
+    /// ClientHello that arrives the instant after it sent its CEA (a race
+    /// in its in-band upgrade); 10 ms was enough in every trial.
+    pub inband_tls_pause: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -57,6 +67,8 @@ impl Default for ConnectionConfig {
             max_message_size: diam_proto::DEFAULT_MAX_MESSAGE_SIZE,
             drain_timeout: Duration::from_secs(2),
             nodelay: true,
+            message_timeout: Duration::from_secs(10),
+            inband_tls_pause: Duration::from_millis(10),
         }
     }
 }
@@ -78,11 +90,15 @@ impl ConnectionConfig {
             ("request_timeout", self.request_timeout),
             ("write_timeout", self.write_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("message_timeout", self.message_timeout),
         ];
         for (name, d) in positive {
             if d.is_zero() || d > MAX_TIMEOUT {
                 return Err(Error::InvalidConfig(format!("{name} must be positive and at most 30 days")));
             }
+        }
+        if self.inband_tls_pause > Duration::from_secs(1) {
+            return Err(Error::InvalidConfig("inband_tls_pause must be at most 1 s".into()));
         }
         if self.max_pending == 0 || self.max_pending > (1 << 24) {
             return Err(Error::InvalidConfig("max_pending must be between 1 and 16777216".into()));
@@ -206,6 +222,19 @@ pub struct NodeConfig {
     /// Most inbound connections waiting for their CER at once; more are
     /// closed at accept. Default 256.
     pub max_pending_handshakes: usize,
+    /// Most inbound connections open at once (waiting for their CER, or
+    /// serving a peer); more are closed at accept. Default 1024: below a
+    /// typical 4096-descriptor limit, so a flood cannot use up the
+    /// descriptors that outbound connections and good peers need.
+    pub max_connections: usize,
+    /// Most inbound connections open at once from one source address.
+    /// Default 64.
+    pub max_connections_per_source: usize,
+    /// Most bytes all connections together may hold for messages not yet
+    /// complete (a header has arrived, the rest has not). A connection
+    /// that would go beyond it is closed. Default 256 MiB: 256 peers each
+    /// sending a maximum-size message at once.
+    pub max_buffered_bytes: usize,
     /// Whether unknown AVPs with the M bit reject a request (5001
     /// DIAMETER_AVP_UNSUPPORTED, RFC 6733 §4.1). Default enforced; a node
     /// advertising Relay never enforces it (a relay forwards what it does
@@ -223,6 +252,9 @@ impl Default for NodeConfig {
             reconnect: ReconnectConfig::default(),
             max_peers: 1024,
             max_pending_handshakes: 256,
+            max_connections: 1024,
+            max_connections_per_source: 64,
+            max_buffered_bytes: 256 << 20,
             mandatory_avps: MandatoryAvps::Enforce,
             dictionary: None,
         }
@@ -241,6 +273,16 @@ impl NodeConfig {
         self.reconnect.validate()?;
         if self.max_peers == 0 || self.max_peers > 1 << 20 {
             return Err(Error::InvalidConfig("max_peers must be between 1 and 1048576".into()));
+        }
+        if self.max_connections == 0 || self.max_connections_per_source == 0 {
+            return Err(Error::InvalidConfig(
+                "max_connections and max_connections_per_source must be at least 1".into(),
+            ));
+        }
+        if self.max_buffered_bytes < self.connection.max_message_size {
+            return Err(Error::InvalidConfig(
+                "max_buffered_bytes must hold at least one max_message_size message".into(),
+            ));
         }
         if self.max_pending_handshakes == 0 {
             return Err(Error::InvalidConfig("max_pending_handshakes must be at least 1".into()));

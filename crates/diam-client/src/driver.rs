@@ -40,7 +40,8 @@ use tokio::time::{Instant, Sleep};
 use crate::events::{Election, PeerDown, PeerFailure, PeerRestarted, PeerUp, WatchdogChange};
 use crate::handle::{lock, Command, LinkMeta, PeerShared, Reply, Unanswered};
 use crate::node::NodeShared;
-use crate::transport::{BoxFuture, BoxStream, Connection};
+use crate::tls::{accept_tls, connect_tls, Rewind, TlsInfo};
+use crate::transport::{BoxFuture, BoxStream, Connection, TransportKind};
 use crate::{Error, Response};
 
 /// Most bytes gathered into one connection's write buffer; beyond it the
@@ -66,8 +67,21 @@ pub(crate) struct Inbound {
     pub(crate) info: PeerInfo,
 }
 
+/// In-band TLS on a link (RFC 3588 §6.10 style).
+enum Upgrade {
+    /// Nothing to do: plain, or TLS from the start.
+    None,
+    /// Agreed in the capabilities exchange: no reads or writes until the
+    /// handshake starts (what is read stays for it).
+    Awaiting,
+    /// The handshake runs.
+    Running(BoxFuture<'static, io::Result<(BoxStream, TlsInfo)>>),
+}
+
 struct LinkIo {
     id: LinkId,
+    upgrade: Upgrade,
+    tls: Option<Arc<TlsInfo>>,
     stream: BoxStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -82,12 +96,18 @@ struct LinkIo {
     buffered: bool,
     /// How much room the next read gets (adapts to the traffic).
     read_chunk: usize,
+    /// Bytes of an unfinished message charged to the node's budget.
+    charged: usize,
+    /// Since when a message has been arriving (its first bytes are in).
+    partial_since: Option<Instant>,
 }
 
 impl LinkIo {
     fn new(id: LinkId, conn: Connection, direction: Direction, rbuf: BytesMut) -> LinkIo {
         LinkIo {
             id,
+            upgrade: Upgrade::None,
+            tls: conn.tls.map(Arc::new),
             stream: conn.stream,
             buffered: !rbuf.is_empty(),
             rbuf,
@@ -97,6 +117,8 @@ impl LinkIo {
             meta: LinkMeta { direction, transport: conn.kind, local: conn.local, remote: conn.remote },
             up: false,
             read_chunk: READ_CHUNK,
+            charged: 0,
+            partial_since: None,
         }
     }
 }
@@ -256,6 +278,11 @@ impl PeerTask {
         // does not read our answers must not make us take more requests).
         let mut i = 0;
         while i < self.links.len() {
+            if !matches!(self.links[i].upgrade, Upgrade::None) {
+                progress |= self.poll_upgrade(i, cx, now);
+                i += 1;
+                continue;
+            }
             if self.links[i].buffered {
                 self.links[i].buffered = false;
                 self.decode(i, now);
@@ -336,7 +363,9 @@ impl PeerTask {
         // Writes.
         let mut i = 0;
         while i < self.links.len() {
-            progress |= self.poll_write(i, cx, now);
+            if matches!(self.links[i].upgrade, Upgrade::None) {
+                progress |= self.poll_write(i, cx, now);
+            }
             i += 1;
         }
         if progress {
@@ -404,7 +433,19 @@ impl PeerTask {
         let mut decoder = FrameDecoder::with_max_size(self.node.config.connection.max_message_size);
         loop {
             match decoder.decode_frame(&mut rbuf) {
-                Ok(Some(msg)) => self.on_message(id, msg, now),
+                Ok(Some(msg)) => {
+                    self.on_message(id, msg, now);
+                    if self.machine.inband_tls(id) {
+                        // The CEA agreed in-band TLS: what follows it is the
+                        // TLS handshake's.
+                        if let Some(l) = self.links.iter_mut().find(|l| l.id == id) {
+                            if matches!(l.upgrade, Upgrade::None) && l.tls.is_none() {
+                                l.upgrade = Upgrade::Awaiting;
+                                break;
+                            }
+                        }
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     // The stream is corrupt: nothing after this can be framed.
@@ -424,8 +465,108 @@ impl PeerTask {
             if rbuf.is_empty() && rbuf.capacity() > 2 * l.read_chunk {
                 rbuf = BytesMut::new();
             }
+            // What is left is an unfinished message: it has until the
+            // message deadline, and counts against the node's budget.
+            let partial = rbuf.len();
             l.rbuf = rbuf;
+            if partial == 0 {
+                l.partial_since = None;
+            } else if l.partial_since.is_none() {
+                l.partial_since = Some(now);
+            }
+            if !self.node.budget.recharge(&mut l.charged, partial) {
+                metrics::counter!("diam_buffer_budget_exceeded_total").increment(1);
+                let reason = CloseReason::ProtocolError(format!(
+                    "unfinished messages of all connections would exceed {} bytes",
+                    self.node.config.max_buffered_bytes
+                ));
+                self.machine.fail_link(id, reason, now.into_std());
+            }
         }
+    }
+
+    /// Polls link `i`'s in-band TLS handshake.
+    fn poll_upgrade(&mut self, i: usize, cx: &mut Context<'_>, now: Instant) -> bool {
+        let link = &mut self.links[i];
+        let Upgrade::Running(fut) = &mut link.upgrade else { return false };
+        let Poll::Ready(result) = fut.as_mut().poll(cx) else { return false };
+        link.upgrade = Upgrade::None;
+        let id = link.id;
+        match result {
+            Ok((stream, info)) => {
+                link.stream = stream;
+                link.meta.transport = TransportKind::Tls;
+                link.buffered = !link.rbuf.is_empty();
+                let identity = self.info.as_ref().map(|i| i.origin_host.clone()).unwrap_or_default();
+                if !info.names_identity(&identity) {
+                    tracing::info!(peer = %Escaped(&identity), names = ?info.peer_dns_names(), "certificate does not name the peer: closed");
+                    self.machine.fail_link(id, CloseReason::CertificateMismatch { identity }, now.into_std());
+                    return true;
+                }
+                tracing::debug!(peer = %Escaped(&identity), version = info.version, "in-band TLS up");
+                let info = Arc::new(info);
+                link.tls = Some(info.clone());
+                if self.machine.active_link() == Some(id) {
+                    *lock(&self.shared.tls) = Some(info);
+                    if let Some(m) = lock(&self.shared.link).as_mut() {
+                        m.transport = TransportKind::Tls;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(peer = %Escaped(&self.shared.label()), error = %e, "in-band TLS failed");
+                self.machine.fail_link(id, CloseReason::Tls { message: e.to_string() }, now.into_std());
+            }
+        }
+        true
+    }
+
+    /// Starts in-band TLS on `link`, agreed in the exchange that just
+    /// completed: as the client when we sent the CER, as the server when we
+    /// answered it (after writing our CEA in the clear).
+    fn start_upgrade(&mut self, link: LinkId) {
+        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
+        if !matches!(l.upgrade, Upgrade::Awaiting) {
+            return;
+        }
+        let Some(tls) = self.node.tls.as_ref().map(|t| t.current()) else {
+            l.upgrade = Upgrade::None;
+            let reason = CloseReason::Tls { message: "in-band TLS agreed, but the node has no TLS credentials".into() };
+            self.machine.fail_link(link, reason, Instant::now().into_std());
+            return;
+        };
+        let stream = std::mem::replace(&mut l.stream, Box::new(tokio::io::empty()));
+        let prefix = std::mem::take(&mut l.rbuf);
+        l.partial_since = None;
+        self.node.budget.release(&mut l.charged);
+        let outbound = l.meta.direction == Direction::Outbound;
+        // Our CEA goes out in the clear, before the handshake.
+        let clear = if outbound { BytesMut::new() } else { std::mem::take(&mut l.wbuf) };
+        let server_name = self.info.as_ref().map(|i| i.origin_host.clone()).unwrap_or_default();
+        let c = &self.node.config.connection;
+        let (timeout, pause) = (c.peer.cer_timeout, c.inband_tls_pause);
+        let fut = async move {
+            let handshake = async move {
+                let mut stream = stream;
+                if !clear.is_empty() {
+                    stream.write_all(&clear).await?;
+                    stream.flush().await?;
+                }
+                let stream: BoxStream = Box::new(Rewind::new(prefix, stream));
+                if outbound {
+                    // Erlang/OTP 25 loses a ClientHello that arrives the
+                    // instant after its CEA; a short pause avoids it.
+                    tokio::time::sleep(pause).await;
+                    connect_tls(&tls, &server_name, stream).await
+                } else {
+                    accept_tls(&tls, stream).await
+                }
+            };
+            tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "in-band TLS handshake timed out"))?
+        };
+        l.upgrade = Upgrade::Running(Box::pin(fut));
     }
 
     fn poll_write(&mut self, i: usize, cx: &mut Context<'_>, now: Instant) -> bool {
@@ -478,9 +619,13 @@ impl PeerTask {
             d = d.min(*t);
         }
         let wt = self.node.config.connection.write_timeout;
+        let mt = self.node.config.connection.message_timeout;
         for l in &self.links {
             if let Some(t) = l.write_wait {
                 d = d.min(t + wt);
+            }
+            if let Some(t) = l.partial_since {
+                d = d.min(t + mt);
             }
         }
         if let Some(c) = &self.closing {
@@ -513,6 +658,19 @@ impl PeerTask {
             .collect();
         for id in stalled {
             self.machine.fail_link(id, CloseReason::WriteTimeout, now.into_std());
+        }
+        let mt = self.node.config.connection.message_timeout;
+        let dripping: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|l| l.partial_since.is_some_and(|t| now.duration_since(t) >= mt))
+            .map(|l| l.id)
+            .collect();
+        for id in dripping {
+            metrics::counter!("diam_message_timeouts_total").increment(1);
+            tracing::debug!(peer = %Escaped(&self.shared.label()), "message not completed in time: connection closed");
+            let reason = CloseReason::ProtocolError(format!("a message did not complete within {mt:?}"));
+            self.machine.fail_link(id, reason, now.into_std());
         }
     }
 
@@ -605,8 +763,13 @@ impl PeerTask {
                 self.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
                 if let Some(l) = self.links.iter_mut().find(|l| l.id == new) {
                     l.up = true;
+                    if matches!(l.upgrade, Upgrade::Awaiting) {
+                        l.meta.transport = TransportKind::Tls;
+                    }
                     *lock(&self.shared.link) = Some(l.meta);
+                    *lock(&self.shared.tls) = l.tls.clone();
                 }
+                self.start_upgrade(new);
                 self.emit(EventData::Connected { first: false });
             }
             _ => {}
@@ -614,14 +777,20 @@ impl PeerTask {
     }
 
     fn on_up(&mut self, link: LinkId, direction: Direction, info: PeerInfo, applications: Vec<u32>) {
-        let meta = match self.links.iter_mut().find(|l| l.id == link) {
+        let (meta, tls) = match self.links.iter_mut().find(|l| l.id == link) {
             Some(l) => {
                 l.up = true;
                 l.meta.direction = direction;
-                l.meta
+                if matches!(l.upgrade, Upgrade::Awaiting) {
+                    // It will be TLS, or closed.
+                    l.meta.transport = TransportKind::Tls;
+                }
+                (l.meta, l.tls.clone())
             }
             None => return,
         };
+        self.info = Some(Arc::new(info.clone()));
+        self.start_upgrade(link);
         tracing::info!(
             peer = %Escaped(&info.origin_host),
             direction = direction.as_str(),
@@ -638,6 +807,7 @@ impl PeerTask {
         self.info = Some(info.clone());
         *lock(&self.shared.info) = Some(info);
         *lock(&self.shared.link) = Some(meta);
+        *lock(&self.shared.tls) = tls;
         *lock(&self.shared.last_error) = None;
         self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);
         self.shared.counters.ups.fetch_add(1, Ordering::Relaxed);
@@ -657,6 +827,7 @@ impl PeerTask {
         tracing::info!(peer = %Escaped(&self.shared.label()), %reason, "peer down");
         self.shared.counters.downs.fetch_add(1, Ordering::Relaxed);
         *lock(&self.shared.link) = None;
+        *lock(&self.shared.tls) = None;
         *lock(&self.shared.last_reason) = Some(reason.clone());
         *lock(&self.shared.last_error) = Some(Error::from_close(&reason));
         let local = matches!(reason, CloseReason::LocalDisconnect { .. });
@@ -704,7 +875,8 @@ impl PeerTask {
         let replacement = self.replacements.contains(&link);
         self.replacements.retain(|l| *l != link);
         let Some(i) = self.links.iter().position(|l| l.id == link) else { return };
-        let io = self.links.swap_remove(i);
+        let mut io = self.links.swap_remove(i);
+        self.node.budget.release(&mut io.charged);
         if replacement && !io.up {
             // The peer refused a second connection (an RFC-strict one does):
             // the current one carries on; no failure, and no more rotations.
@@ -750,7 +922,8 @@ impl PeerTask {
         self.emit(EventData::ConnectionCreated);
         let connector = self.node.connector.clone();
         let target = addr.clone();
-        let fut = Box::pin(async move { connector.connect(&target).await });
+        let identity = self.machine.identity().map(str::to_string);
+        let fut = Box::pin(async move { connector.connect(&target, identity.as_deref()).await });
         self.dials.push(Dial { link, addr, fut });
     }
 
@@ -758,6 +931,9 @@ impl PeerTask {
         match result {
             Ok(conn) => {
                 let ip = local_ip(conn.local);
+                if conn.tls.is_some() {
+                    self.machine.set_secure(dial.link);
+                }
                 self.links.push(LinkIo::new(dial.link, conn, Direction::Outbound, BytesMut::with_capacity(READ_CHUNK)));
                 self.machine.handle_dialled(dial.link, ip, now.into_std());
             }
@@ -792,8 +968,16 @@ impl PeerTask {
         }
         self.shared.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         self.shared.counters.bytes_received.fetch_add(cer.len() as u64, Ordering::Relaxed);
-        match self.machine.handle_inbound(cer, info, ip, now.into_std()) {
-            Ok(link) => self.links.push(LinkIo::new(link, conn, Direction::Inbound, rbuf)),
+        let secure = conn.tls.is_some();
+        match self.machine.handle_inbound_on(cer, info, ip, secure, now.into_std()) {
+            Ok(link) => {
+                let mut io = LinkIo::new(link, conn, Direction::Inbound, rbuf);
+                if self.machine.inband_tls(link) {
+                    io.upgrade = Upgrade::Awaiting;
+                    io.buffered = false;
+                }
+                self.links.push(io);
+            }
             Err(cea) => {
                 tracing::debug!(peer = %Escaped(&self.shared.label()), result_code = ?diam_proto::peer::result_code(&cea), "inbound connection refused");
                 close_stream(conn.stream, BytesMut::from(cea.as_bytes()), self.node.config.connection.write_timeout);
@@ -820,6 +1004,18 @@ impl PeerTask {
                 self.dispatch(link, req);
             }
             return;
+        }
+        if msg.command_code() == diam_proto::commands::CAPABILITIES_EXCHANGE {
+            if let Some(l) = self.links.iter().find(|l| l.id == link && !l.up) {
+                if let Some(tls) = &l.tls {
+                    let host = msg.get(diam_proto::avps::ORIGIN_HOST).ok().flatten().unwrap_or("").to_string();
+                    if !tls.names_identity(&host) {
+                        tracing::info!(peer = %Escaped(&host), names = ?tls.peer_dns_names(), "certificate does not name the peer's Origin-Host: closed");
+                        self.machine.fail_link(link, CloseReason::CertificateMismatch { identity: host }, std_now);
+                        return;
+                    }
+                }
+            }
         }
         let hbh = msg.hop_by_hop();
         if self.pending.contains_key(&hbh) {
@@ -1086,6 +1282,9 @@ impl PeerTask {
                 }
                 _ => {}
             }
+        }
+        for l in &mut self.links {
+            self.node.budget.release(&mut l.charged);
         }
         self.inbound.close();
         while let Ok(inb) = self.inbound.try_recv() {

@@ -99,6 +99,16 @@ pub enum Error {
     /// The pool already holds its maximum number of addresses.
     #[error("the pool already holds its maximum of {0} connections")]
     PoolFull(usize),
+    /// TLS failed: the handshake (an untrusted, expired or missing
+    /// certificate, a plaintext peer), or in-band TLS was not agreed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The peer's certificate does not name its DiameterIdentity.
+    #[error("the peer's certificate does not name {identity}")]
+    CertificateMismatch {
+        /// The identity the certificate should name.
+        identity: String,
+    },
 }
 
 /// Errors are cloned when one outcome reaches several callers (every caller
@@ -133,6 +143,8 @@ impl Clone for Error {
             Error::Cancelled => Error::Cancelled,
             Error::NoPeerAvailable => Error::NoPeerAvailable,
             Error::NoRoute(r) => Error::NoRoute(r.clone()),
+            Error::Tls(m) => Error::Tls(m.clone()),
+            Error::CertificateMismatch { identity } => Error::CertificateMismatch { identity: identity.clone() },
         }
     }
 }
@@ -150,6 +162,10 @@ impl Error {
     pub fn is_invalid_config(&self) -> bool {
         matches!(self, Error::InvalidConfig(_))
     }
+    /// TLS failed, or the peer's certificate does not name it.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Error::Tls(_) | Error::CertificateMismatch { .. })
+    }
     /// The capabilities exchange failed or timed out.
     pub fn is_handshake(&self) -> bool {
         matches!(self, Error::HandshakeFailed { .. } | Error::HandshakeTimeout)
@@ -157,7 +173,8 @@ impl Error {
     /// A short stable name of the error's kind, for metrics and reports:
     /// `timeout`, `connection_lost`, `closed`, `handshake`, `connect`,
     /// `overloaded`, `unavailable`, `invalid`, `pool_closed`, `cancelled`,
-    /// `no_peer`, `no_route`, `not_connected`, `malformed_answer`, `listen`.
+    /// `no_peer`, `no_route`, `not_connected`, `malformed_answer`, `listen`,
+    /// `tls`.
     pub fn kind_name(&self) -> &'static str {
         match self {
             Error::Timeout => "timeout",
@@ -175,6 +192,7 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::NoPeerAvailable => "no_peer",
             Error::NoRoute(_) => "no_route",
+            Error::Tls(_) | Error::CertificateMismatch { .. } => "tls",
         }
     }
     /// The connection failed under the request.
@@ -204,6 +222,8 @@ impl Error {
             CloseReason::DialFailed { message } => {
                 Error::Connect { addr: String::new(), source: io::Error::other(message.clone()) }
             }
+            CloseReason::Tls { message } => Error::Tls(message.clone()),
+            CloseReason::CertificateMismatch { identity } => Error::CertificateMismatch { identity: identity.clone() },
             other => Error::ConnectionLost(other.clone()),
         }
     }

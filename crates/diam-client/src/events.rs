@@ -113,3 +113,26 @@ pub struct PeerFailure {
     /// When the failure was detected.
     pub timestamp: SystemTime,
 }
+
+/// An inbound connection refused before it reached a peer
+/// (`inbound_refused`): over a limit, a failed TLS handshake, no CER in
+/// time, a CER that fails the checks, an unknown peer, a certificate that
+/// does not name the Origin-Host. Also counted in the metric
+/// `diam_inbound_refused_total{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundRefused {
+    /// Where it came from.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The CER's Origin-Host, when one was read (print it escaped: it is
+    /// the peer's text).
+    pub origin_host: Option<String>,
+    /// Why: `max_connections`, `max_connections_per_source`,
+    /// `max_pending_handshakes`, `tls`, `no_cer`, `cer_timeout`, `not_cer`,
+    /// `bad_cer`, `origin_host_missing`, `origin_host_duplicated`,
+    /// `origin_host_invalid` (and the same for `origin_realm`), `own_identity`,
+    /// `certificate_mismatch`, `unknown_peer`, `no_common_security`,
+    /// `shutting_down`, `busy`.
+    pub reason: &'static str,
+    /// The Result-Code of the CEA sent, if one was.
+    pub result_code: Option<u32>,
+}

@@ -144,6 +144,8 @@ pub(crate) struct PeerShared {
     changes: watch::Sender<u64>,
     pub(crate) info: Mutex<Option<Arc<PeerInfo>>>,
     pub(crate) link: Mutex<Option<LinkMeta>>,
+    /// What TLS negotiated on the open connection, if it is TLS.
+    pub(crate) tls: Mutex<Option<Arc<crate::tls::TlsInfo>>>,
     pub(crate) commands: mpsc::Sender<Command>,
     /// Connect, close, rotate and probe: a queue of their own, read on every
     /// round, so a full request queue (a peer that stopped reading) never
@@ -204,6 +206,7 @@ impl PeerShared {
             changes: watch::channel(0).0,
             info: Mutex::new(None),
             link: Mutex::new(None),
+            tls: Mutex::new(None),
             commands: init.commands,
             control: init.control,
             permits: Arc::new(Semaphore::new(init.max_pending)),
@@ -594,6 +597,12 @@ impl PeerHandle {
     /// What carries the connection now.
     pub fn transport(&self) -> Option<TransportKind> {
         lock(&self.shared.link).map(|l| l.transport)
+    }
+
+    /// What TLS negotiated on the connection now (version, cipher, the
+    /// peer's certificate), when it is TLS.
+    pub fn tls(&self) -> Option<Arc<crate::tls::TlsInfo>> {
+        lock(&self.shared.tls).clone()
     }
 
     /// The remote socket address of the connection now.

@@ -47,9 +47,11 @@ pub mod events;
 mod group;
 mod handle;
 mod handler;
+mod limits;
 mod node;
 mod pool;
 mod router;
+pub mod tls;
 pub mod transport;
 
 pub use config::{ConnectionConfig, NodeConfig, ReconnectConfig};
@@ -64,7 +66,8 @@ pub use handler::{handler_fn, Handler, HandlerFuture, Response};
 pub use node::{Authorizer, Node, NodeBuilder};
 pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolStats};
 pub use router::Router;
-pub use transport::{Acceptor, Connector, TcpAcceptor, TcpConnector, TransportKind};
+pub use tls::{TlsAcceptor, TlsConfig, TlsConnector, TlsError, TlsHandle, TlsInfo};
+pub use transport::{Acceptor, Connection, Connector, TcpAcceptor, TcpConnector, TransportKind};
 
 pub use diam_proto::peer::{CloseReason, PeerInfo};
 pub use diam_proto::psm::{Direction, PeerState};

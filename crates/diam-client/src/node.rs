@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::driver::{close_stream, read_first, Inbound, PeerTask, TaskInit};
 use crate::events::PeerFailure;
 use crate::handle::{lock, PeerHandle, PeerShared, SharedInit};
-use crate::transport::{Acceptor, Connection, Connector, TcpAcceptor, TcpConnector};
+use crate::limits::{BufferBudget, ConnectionLimits, Guarded};
+use crate::tls::{TlsAcceptor, TlsConfig, TlsConnector, TlsHandle};
+use crate::transport::{Acceptor, BoxFuture, Connection, Connector, TcpAcceptor, TcpConnector};
 use crate::{Error, Handler, NodeConfig};
 
 /// Decides whether a peer that is not configured may connect: it gets the
@@ -28,7 +30,7 @@ use crate::{Error, Handler, NodeConfig};
 pub type Authorizer = Arc<dyn Fn(&PeerInfo, Option<SocketAddr>) -> bool + Send + Sync>;
 
 enum Authorize {
-    /// Only configured peers (the default).
+    /// Only configured peers and the allow-list (the default).
     Configured,
     /// Anyone with a valid CER.
     Any,
@@ -75,6 +77,42 @@ pub(crate) struct NodeShared {
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
     handshakes: Arc<Semaphore>,
+    /// TLS credentials (listeners, `aaas://` dials, in-band TLS).
+    pub(crate) tls: Option<TlsHandle>,
+    /// Identities and `*.domain` patterns admitted besides configured peers.
+    allow: Vec<AllowPattern>,
+    limits: Arc<ConnectionLimits>,
+    pub(crate) budget: Arc<BufferBudget>,
+}
+
+/// An entry of the allow-list: an exact DiameterIdentity, or `*.domain`
+/// for any identity under `domain` (not `domain` itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AllowPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+impl AllowPattern {
+    fn parse(p: &str) -> Result<AllowPattern, Error> {
+        let bad = || Error::InvalidConfig(format!("allow pattern {:?}: not an identity or *.domain", Escaped(p)));
+        match p.strip_prefix("*.") {
+            Some(domain) if is_identity(domain) => {
+                Ok(AllowPattern::Suffix(format!(".{}", domain.to_ascii_lowercase())))
+            }
+            Some(_) => Err(bad()),
+            None if is_identity(p) => Ok(AllowPattern::Exact(p.to_ascii_lowercase())),
+            None => Err(bad()),
+        }
+    }
+
+    fn matches(&self, identity: &str) -> bool {
+        let id = identity.to_ascii_lowercase();
+        match self {
+            AllowPattern::Exact(e) => *e == id,
+            AllowPattern::Suffix(s) => id.len() > s.len() && id.ends_with(s.as_str()),
+        }
+    }
 }
 
 /// A peer to start.
@@ -213,7 +251,11 @@ impl NodeShared {
             match live {
                 Some(tx) => tx,
                 None => {
-                    if !matches!(self.authorize, Authorize::Any | Authorize::Custom(_)) {
+                    let admitted = match self.authorize {
+                        Authorize::Any | Authorize::Custom(_) => true,
+                        Authorize::Configured => self.is_allowed(&inbound.info.origin_host),
+                    };
+                    if !admitted {
                         return Err((inbound, result_codes::DIAMETER_UNKNOWN_PEER));
                     }
                     if t.all.len() >= self.config.max_peers && !evict_one(&mut t) {
@@ -240,6 +282,11 @@ impl NodeShared {
                 (i, result_codes::DIAMETER_TOO_BUSY)
             }
         })
+    }
+
+    /// Whether `identity` is on the allow-list.
+    fn is_allowed(&self, identity: &str) -> bool {
+        self.allow.iter().any(|p| p.matches(identity))
     }
 
     fn is_configured(&self, identity: &str) -> bool {
@@ -368,6 +415,8 @@ pub struct NodeBuilder {
     connector: Option<Arc<dyn Connector>>,
     authorize: Authorize,
     events: Option<EventDispatcher>,
+    tls: Option<TlsConfig>,
+    allow: Vec<String>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -396,6 +445,24 @@ impl NodeBuilder {
         self
     }
 
+    /// TLS credentials: for TLS listeners ([`Node::listen_tls`]), `aaas://`
+    /// peers, and in-band TLS ([`diam_proto::peer::PeerConfig::inband_tls`]).
+    /// Mutual authentication: peers must present a certificate from the CA
+    /// that names their DiameterIdentity.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Admits peers whose Origin-Host is `pattern` (an exact identity,
+    /// compared case-insensitively) or, for `*.domain`, any identity under
+    /// `domain`, besides the configured peers. Others get 3010
+    /// DIAMETER_UNKNOWN_PEER. Checked at [`build`](Self::build).
+    pub fn allow(mut self, pattern: impl Into<String>) -> Self {
+        self.allow.push(pattern.into());
+        self
+    }
+
     /// Accepts any peer whose CER passes the checks.
     pub fn accept_any(mut self) -> Self {
         self.authorize = Authorize::Any;
@@ -420,9 +487,16 @@ impl NodeBuilder {
     pub fn build(self) -> Result<Node, Error> {
         self.config.validate()?;
         let c = &self.config.connection;
-        let connector = self
-            .connector
-            .unwrap_or_else(|| Arc::new(TcpConnector::new(c.connect_timeout, c.nodelay)) as Arc<dyn Connector>);
+        if c.peer.inband_tls && self.tls.is_none() {
+            return Err(Error::InvalidConfig("in-band TLS needs TLS credentials (NodeBuilder::tls)".into()));
+        }
+        let allow = self.allow.iter().map(|p| AllowPattern::parse(p)).collect::<Result<Vec<_>, _>>()?;
+        let tls = self.tls.map(TlsHandle::new);
+        let tcp = TcpConnector::new(c.connect_timeout, c.nodelay);
+        let connector = self.connector.unwrap_or_else(|| match &tls {
+            Some(t) => Arc::new(TlsConnector::new(tcp, t.clone(), c.peer.cer_timeout)) as Arc<dyn Connector>,
+            None => Arc::new(tcp) as Arc<dyn Connector>,
+        });
         let events = match self.events {
             Some(e) => e,
             None => EventDispatcher::builder()
@@ -430,6 +504,9 @@ impl NodeBuilder {
                 .build()
                 .map_err(|e| Error::InvalidConfig(e.to_string()))?,
         };
+        let limits =
+            Arc::new(ConnectionLimits::new(self.config.max_connections, self.config.max_connections_per_source));
+        let budget = Arc::new(BufferBudget::new(self.config.max_buffered_bytes));
         let shared = Arc::new(NodeShared {
             peer_config: Arc::new(c.peer.clone()),
             handshakes: Arc::new(Semaphore::new(self.config.max_pending_handshakes)),
@@ -442,6 +519,10 @@ impl NodeBuilder {
             table: Mutex::new(Table::default()),
             closed: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
+            tls,
+            allow,
+            limits,
+            budget,
         });
         Ok(Node { owner: Arc::new(Owner { shared }) })
     }
@@ -457,6 +538,8 @@ impl Node {
             connector: None,
             authorize: Authorize::Configured,
             events: None,
+            tls: None,
+            allow: Vec::new(),
         }
     }
 
@@ -508,6 +591,41 @@ impl Node {
     pub async fn listen_tcp(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
         let acceptor = TcpAcceptor::bind(addr).await.map_err(|source| Error::Listen { addr, source })?;
         self.listen(acceptor)
+    }
+
+    /// Binds a TLS-first listener on `addr` (RFC 6733 §13; the IANA port
+    /// for Diameter over TLS/TCP is 5658, RFC 6733 §11.4). Needs
+    /// [`NodeBuilder::tls`].
+    pub async fn listen_tls(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
+        let Some(tls) = self.shared().tls.clone() else {
+            return Err(Error::InvalidConfig("a TLS listener needs TLS credentials (NodeBuilder::tls)".into()));
+        };
+        let tcp = TcpAcceptor::bind(addr).await.map_err(|source| Error::Listen { addr, source })?;
+        self.listen(TlsAcceptor::new(tcp, tls))
+    }
+
+    /// Replaces the TLS credentials (a renewed certificate, a new CA) for
+    /// every connection made from now on; established ones keep theirs.
+    pub fn reload_tls(&self, tls: TlsConfig) -> Result<(), Error> {
+        match &self.shared().tls {
+            Some(h) => {
+                h.reload(tls);
+                Ok(())
+            }
+            None => Err(Error::InvalidConfig("the node was built without TLS credentials".into())),
+        }
+    }
+
+    /// Inbound connections open now (counted against
+    /// [`NodeConfig::max_connections`]).
+    pub fn inbound_connections(&self) -> usize {
+        self.shared().limits.open()
+    }
+
+    /// Bytes all connections hold now for unfinished messages (against
+    /// [`NodeConfig::max_buffered_bytes`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared().budget.used()
     }
 
     /// Adds a configured peer, kept connected at `addresses` (tried in turn)
@@ -669,9 +787,28 @@ fn unspecified() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
 }
 
+/// Counts and reports an inbound connection refused before it reached a
+/// peer (`reason` is a metric label).
+fn refused(
+    node: &NodeShared,
+    remote: Option<SocketAddr>,
+    origin_host: Option<&str>,
+    reason: &'static str,
+    result_code: Option<u32>,
+) {
+    metrics::counter!("diam_inbound_refused_total", "reason" => reason).increment(1);
+    let data = EventData::Custom(CustomEvent::new(
+        "inbound_refused",
+        crate::events::InboundRefused { remote, origin_host: origin_host.map(str::to_string), reason, result_code },
+    ));
+    node.emit(ConnectionId::unique(), None, data);
+}
+
 async fn accept_loop(node: Arc<NodeShared>, mut acceptor: impl Acceptor, addr: SocketAddr) {
     let mut shutdown = node.shutdown.subscribe();
-    let mut failures = 0u64;
+    let mut failures = 0u32;
+    let mut last_log: Option<tokio::time::Instant> = None;
+    let mut suppressed = 0u64;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -680,99 +817,209 @@ async fn accept_loop(node: Arc<NodeShared>, mut acceptor: impl Acceptor, addr: S
         match accepted {
             Ok(conn) => {
                 failures = 0;
+                let slot = match node.limits.admit(conn.remote.map(|a| a.ip())) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        // Closed at once (dropping it): no CER is read.
+                        tracing::debug!(%addr, remote = ?conn.remote, limit = why.as_str(), "inbound connection over the limit: closed");
+                        refused(&node, conn.remote, None, why.as_str(), None);
+                        continue;
+                    }
+                };
                 let Ok(permit) = node.handshakes.clone().try_acquire_owned() else {
-                    // Too many connections waiting for their CER: refuse this one.
                     tracing::debug!(%addr, remote = ?conn.remote, "too many pending handshakes: connection closed");
+                    refused(&node, conn.remote, None, "max_pending_handshakes", None);
                     continue;
                 };
+                let conn = Connection { stream: Box::new(Guarded::new(conn.stream, slot)), ..conn };
+                let remote = conn.remote;
+                let establishing = acceptor.establish(conn);
                 let node = node.clone();
                 tokio::spawn(async move {
-                    handshake(node, conn).await;
+                    handshake(node, remote, establishing).await;
                     drop(permit);
                 });
             }
             Err(e) => {
-                // Out of file descriptors and the like: pause rather than
-                // spin, and log once per burst.
-                failures += 1;
-                if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(%addr, error = %e, failures, "accept failed");
+                // Out of file descriptors and the like: back off (10 ms
+                // doubling to 160 ms, so descriptors freed are used again
+                // within a fraction of a second) and log at most once a
+                // second.
+                failures = failures.saturating_add(1);
+                let now = tokio::time::Instant::now();
+                if last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    tracing::warn!(%addr, error = %e, suppressed, "accept failed; backing off");
+                    last_log = Some(now);
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                metrics::counter!("diam_accept_errors_total").increment(1);
+                let pause = Duration::from_millis(10 << failures.min(5).saturating_sub(1));
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
     }
 }
 
-/// Refuses an inbound connection with a CEA.
-fn refuse(node: &NodeShared, conn: Connection, cer: &Message, result_code: u32, why: &str) {
-    tracing::debug!(remote = ?conn.remote, result_code, why = %Escaped(why), "inbound CER refused");
+/// Largest CER read from a connection not yet admitted: a capabilities
+/// exchange is a few hundred bytes; 64 KiB leaves room for thousands of
+/// applications and bounds what a pending handshake can hold.
+const MAX_CER_SIZE: usize = 64 * 1024;
+
+/// A CEA refusing `cer` with `result_code`, with a Failed-AVP when one is
+/// at fault (RFC 6733 §7.5).
+fn refusal(
+    node: &NodeShared,
+    conn: &Connection,
+    cer: &Message,
+    result_code: u32,
+    failed: Option<(u32, &[u8])>,
+) -> Message {
     let local = conn.local.map(|a| a.ip());
-    let cea = diam_proto::psm::cea(&node.peer_config, cer, result_code, local);
+    let head = Message::answer_to(cer).error(result_codes::class(result_code) == 3).avp(avps::RESULT_CODE, result_code);
+    let mut b = diam_proto::psm::capabilities(&node.peer_config, head, local);
+    if let Some((code, data)) = failed {
+        let data = &data[..data.len().min(diam_proto::check::MAX_FAILED_AVP_DATA)];
+        b = b.group(avps::FAILED_AVP, |g| {
+            g.raw_avp(code, diam_proto::avp::AvpFlags::from_bits(diam_proto::avp::AvpFlags::MANDATORY), None, data);
+        });
+    }
+    b.build()
+}
+
+/// Refuses an inbound connection with a CEA.
+fn refuse(
+    node: &NodeShared,
+    conn: Connection,
+    cer: &Message,
+    result_code: u32,
+    why: &'static str,
+    failed: Option<(u32, &[u8])>,
+) {
+    let host = cer.get(avps::ORIGIN_HOST).ok().flatten();
+    tracing::debug!(remote = ?conn.remote, origin_host = ?host.map(Escaped), result_code, why, "inbound CER refused");
+    refused(node, conn.remote, host, why, Some(result_code));
+    let cea = refusal(node, &conn, cer, result_code, failed);
     close_stream(conn.stream, BytesMut::from(cea.as_bytes()), node.config.connection.write_timeout);
 }
 
-/// Reads and checks an inbound connection's CER, then hands the connection
-/// to its peer.
-async fn handshake(node: Arc<NodeShared>, mut conn: Connection) {
+/// Checks that `cer` has exactly one `key` AVP holding a DiameterIdentity:
+/// 5005 DIAMETER_MISSING_AVP without one (Failed-AVP: an empty one),
+/// 5009 DIAMETER_AVP_OCCURS_TOO_MANY_TIMES for a second (Failed-AVP: the
+/// second), 5004 DIAMETER_INVALID_AVP_VALUE for anything but an FQDN of at
+/// most 255 octets (Failed-AVP: the value).
+fn check_identity_avp(cer: &Message, code: u32) -> Result<(), (u32, &'static str, Vec<u8>)> {
+    let mut found = cer.avps().filter_map(Result::ok).filter(|a| a.code() == code && a.vendor_id().is_none());
+    let Some(first) = found.next() else {
+        return Err((result_codes::DIAMETER_MISSING_AVP, "missing", Vec::new()));
+    };
+    if let Some(second) = found.next() {
+        return Err((result_codes::DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, "duplicated", second.data().to_vec()));
+    }
+    match std::str::from_utf8(first.data()) {
+        Ok(v) if is_identity(v) => Ok(()),
+        _ => Err((result_codes::DIAMETER_INVALID_AVP_VALUE, "not a DiameterIdentity", first.data().to_vec())),
+    }
+}
+
+/// Establishes an inbound connection (TLS handshake, if any), reads and
+/// checks its CER, then hands it to its peer. All of it within the CER
+/// timeout.
+async fn handshake(
+    node: Arc<NodeShared>,
+    remote: Option<SocketAddr>,
+    establishing: BoxFuture<'static, std::io::Result<Connection>>,
+) {
     let c = &node.config.connection;
-    let mut rbuf = BytesMut::with_capacity(4096);
-    let first =
-        tokio::time::timeout(c.peer.cer_timeout, read_first(&mut conn.stream, &mut rbuf, c.max_message_size)).await;
-    let cer = match first {
-        Ok(Ok(m)) => m,
-        Ok(Err(why)) => {
-            tracing::debug!(remote = ?conn.remote, why = %Escaped(&why), "inbound connection closed before its CER");
+    let max_cer = c.max_message_size.min(MAX_CER_SIZE);
+    let first = tokio::time::timeout(c.peer.cer_timeout, async {
+        let mut conn = match establishing.await {
+            Ok(conn) => conn,
+            Err(e) => return Err(("tls", e.to_string())),
+        };
+        let mut rbuf = BytesMut::with_capacity(4096);
+        match read_first(&mut conn.stream, &mut rbuf, max_cer).await {
+            Ok(cer) => Ok((conn, rbuf, cer)),
+            Err(why) => Err(("no_cer", why)),
+        }
+    })
+    .await;
+    let (conn, rbuf, cer) = match first {
+        Ok(Ok(x)) => x,
+        Ok(Err((reason, why))) => {
+            tracing::debug!(?remote, why = %Escaped(&why), "inbound connection closed before its CER");
+            refused(&node, remote, None, reason, None);
             return;
         }
         Err(_) => {
-            tracing::debug!(remote = ?conn.remote, "no CER within the CER timeout: closed");
+            tracing::debug!(?remote, "no CER within the CER timeout: closed");
+            refused(&node, remote, None, "cer_timeout", None);
             return;
         }
     };
     if !(cer.is_request() && cer.application_id() == 0 && cer.command_code() == commands::CAPABILITIES_EXCHANGE) {
-        tracing::debug!(remote = ?conn.remote, command = cer.command_code(), "first message is not a CER: closed");
+        tracing::debug!(?remote, command = cer.command_code(), "first message is not a CER: closed");
+        refused(&node, remote, None, "not_cer", None);
         return;
     }
+    for code in [avps::ORIGIN_HOST.code(), avps::ORIGIN_REALM.code()] {
+        if let Err((rc, why, data)) = check_identity_avp(&cer, code) {
+            let why = match (code == avps::ORIGIN_HOST.code(), why) {
+                (true, "missing") => "origin_host_missing",
+                (true, "duplicated") => "origin_host_duplicated",
+                (true, _) => "origin_host_invalid",
+                (false, "missing") => "origin_realm_missing",
+                (false, "duplicated") => "origin_realm_duplicated",
+                (false, _) => "origin_realm_invalid",
+            };
+            return refuse(&node, conn, &cer, rc, why, Some((code, &data)));
+        }
+    }
     if let Err(r) = check_request(&cer, node.dictionary(), MandatoryAvps::Enforce) {
-        tracing::debug!(remote = ?conn.remote, rejection = %r, "CER refused (RFC 6733 §7)");
+        tracing::debug!(?remote, rejection = %r, "CER refused (RFC 6733 §7)");
+        refused(&node, remote, cer.get(avps::ORIGIN_HOST).ok().flatten(), "bad_cer", Some(r.result_code()));
         let ans = r.answer(&cer, &node.peer_config.origin_host, &node.peer_config.origin_realm);
         close_stream(conn.stream, BytesMut::from(ans.as_bytes()), c.write_timeout);
         return;
     }
     let info = match PeerInfo::from_message(&cer) {
         Ok(i) => i,
-        Err(e) => return refuse(&node, conn, &cer, result_codes::DIAMETER_INVALID_AVP_VALUE, &e.to_string()),
+        Err(_) => return refuse(&node, conn, &cer, result_codes::DIAMETER_INVALID_AVP_VALUE, "bad_cer", None),
     };
-    if cer.find(avps::ORIGIN_HOST).is_none() || cer.find(avps::ORIGIN_REALM).is_none() {
-        return refuse(&node, conn, &cer, result_codes::DIAMETER_MISSING_AVP, "no Origin-Host or Origin-Realm");
-    }
-    if !is_identity(&info.origin_host) || !is_identity(&info.origin_realm) {
-        return refuse(
-            &node,
-            conn,
-            &cer,
-            result_codes::DIAMETER_INVALID_AVP_VALUE,
-            "Origin-Host or Origin-Realm is not a DiameterIdentity",
-        );
-    }
     if info.origin_host.eq_ignore_ascii_case(&node.peer_config.origin_host) {
-        return refuse(&node, conn, &cer, result_codes::DIAMETER_UNKNOWN_PEER, "the CER carries our own identity");
+        return refuse(&node, conn, &cer, result_codes::DIAMETER_UNKNOWN_PEER, "own_identity", None);
+    }
+    if let Some(tls) = &conn.tls {
+        if !tls.names_identity(&info.origin_host) {
+            tracing::info!(?remote, origin_host = %Escaped(&info.origin_host), names = ?tls.peer_dns_names(), "certificate does not name the CER's Origin-Host: closed");
+            refused(&node, remote, Some(&info.origin_host), "certificate_mismatch", None);
+            return;
+        }
     }
     let allowed = match &node.authorize {
         Authorize::Any => true,
-        Authorize::Configured => node.is_configured(&info.origin_host),
-        Authorize::Custom(f) => node.is_configured(&info.origin_host) || f(&info, conn.remote),
+        Authorize::Configured => node.is_configured(&info.origin_host) || node.is_allowed(&info.origin_host),
+        Authorize::Custom(f) => {
+            node.is_configured(&info.origin_host) || node.is_allowed(&info.origin_host) || f(&info, conn.remote)
+        }
     };
     if !allowed {
-        return refuse(&node, conn, &cer, result_codes::DIAMETER_UNKNOWN_PEER, "not an authorized peer");
+        return refuse(&node, conn, &cer, result_codes::DIAMETER_UNKNOWN_PEER, "unknown_peer", None);
+    }
+    if let Err(rc) = diam_proto::psm::inband_choice(&node.peer_config, &cer, conn.tls.is_some()) {
+        return refuse(&node, conn, &cer, rc, "no_common_security", None);
     }
     if node.is_closed() {
-        return refuse(&node, conn, &cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, "shutting down");
+        return refuse(&node, conn, &cer, result_codes::DIAMETER_UNABLE_TO_COMPLY, "shutting_down", None);
     }
     if let Err((inb, rc)) = node.route_inbound(Box::new(Inbound { conn, rbuf, cer, info })) {
         let Inbound { conn, cer, .. } = *inb;
-        refuse(&node, conn, &cer, rc, "the peer cannot take the connection")
+        let why = if rc == result_codes::DIAMETER_UNKNOWN_PEER { "unknown_peer" } else { "busy" };
+        refuse(&node, conn, &cer, rc, why, None)
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! The connection task is generic over any [`Stream`]
 //! (`AsyncRead + AsyncWrite + Unpin + Send`); TCP is implemented here
-//! ([`TcpConnector`], [`TcpAcceptor`]). TLS, in-band TLS and SCTP plug in
-//! as further implementations of the two traits.
+//! ([`TcpConnector`], [`TcpAcceptor`]), TLS-first in [`crate::tls`]
+//! ([`TlsConnector`](crate::tls::TlsConnector),
+//! [`TlsAcceptor`](crate::tls::TlsAcceptor)). In-band TLS runs on the
+//! connection task after the CEA; SCTP would be a further implementation.
 
 use std::future::Future;
 use std::io;
@@ -57,6 +59,15 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
     /// The remote socket address, when there is one.
     pub remote: Option<SocketAddr>,
+    /// What TLS negotiated, on a TLS connection.
+    pub tls: Option<crate::tls::TlsInfo>,
+}
+
+impl Connection {
+    /// A plain connection over `stream`.
+    pub fn plain(stream: BoxStream, local: Option<SocketAddr>, remote: Option<SocketAddr>) -> Connection {
+        Connection { stream, kind: TransportKind::Tcp, local, remote, tls: None }
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -65,6 +76,7 @@ impl std::fmt::Debug for Connection {
             .field("kind", &self.kind)
             .field("local", &self.local)
             .field("remote", &self.remote)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -72,13 +84,23 @@ impl std::fmt::Debug for Connection {
 /// Opens transport connections to peer addresses.
 pub trait Connector: Send + Sync + 'static {
     /// Connects to `addr` (resolving its host name now, when it has one).
-    fn connect<'a>(&'a self, addr: &'a PeerAddr) -> BoxFuture<'a, io::Result<Connection>>;
+    /// `identity` is the peer's DiameterIdentity when it is configured: a
+    /// TLS connector verifies the server's certificate for it (else for
+    /// the host of `addr`).
+    fn connect<'a>(&'a self, addr: &'a PeerAddr, identity: Option<&'a str>) -> BoxFuture<'a, io::Result<Connection>>;
 }
 
 /// Accepts inbound transport connections.
 pub trait Acceptor: Send + 'static {
-    /// The next connection.
+    /// The next connection, as the listener hands it over (cheap: no
+    /// handshake, so one slow peer never holds up the others).
     fn accept(&mut self) -> BoxFuture<'_, io::Result<Connection>>;
+    /// Finishes a connection [`accept`](Self::accept) returned (a TLS
+    /// handshake); it runs on the connection's own task, within the node's
+    /// CER deadline. The default hands it over as it is.
+    fn establish(&self, conn: Connection) -> BoxFuture<'static, io::Result<Connection>> {
+        Box::pin(async move { Ok(conn) })
+    }
     /// The address it listens on.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
@@ -111,12 +133,14 @@ fn unsupported(addr: &PeerAddr) -> Option<io::Error> {
     None
 }
 
-impl Connector for TcpConnector {
-    fn connect<'a>(&'a self, addr: &'a PeerAddr) -> BoxFuture<'a, io::Result<Connection>> {
-        Box::pin(async move {
-            if let Some(e) = unsupported(addr) {
-                return Err(e);
-            }
+impl TcpConnector {
+    /// The TCP connection under `addr`, whatever its scheme (TLS goes on
+    /// top of it).
+    pub(crate) async fn dial(&self, addr: &PeerAddr) -> io::Result<Connection> {
+        if addr.transport() != Transport::Tcp {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{addr}: only TCP transport is supported")));
+        }
+        {
             let attempt = async {
                 let candidates: Vec<SocketAddr> = match addr.socket_addr() {
                     Some(a) => vec![a],
@@ -135,12 +159,23 @@ impl Connector for TcpConnector {
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{addr}: connect timed out")))??;
             let _ = stream.set_nodelay(self.nodelay);
-            Ok(Connection {
-                local: stream.local_addr().ok(),
-                remote: stream.peer_addr().ok(),
-                stream: Box::new(stream),
-                kind: TransportKind::Tcp,
-            })
+            let (local, remote) = (stream_local(&stream), stream.peer_addr().ok());
+            Ok(Connection::plain(Box::new(stream), local, remote))
+        }
+    }
+}
+
+fn stream_local(s: &TcpStream) -> Option<SocketAddr> {
+    s.local_addr().ok()
+}
+
+impl Connector for TcpConnector {
+    fn connect<'a>(&'a self, addr: &'a PeerAddr, _identity: Option<&'a str>) -> BoxFuture<'a, io::Result<Connection>> {
+        Box::pin(async move {
+            if let Some(e) = unsupported(addr) {
+                return Err(e);
+            }
+            self.dial(addr).await
         })
     }
 }
@@ -178,12 +213,8 @@ impl Acceptor for TcpAcceptor {
         Box::pin(async move {
             let (stream, remote) = self.listener.accept().await?;
             let _ = stream.set_nodelay(self.nodelay);
-            Ok(Connection {
-                local: stream.local_addr().ok(),
-                remote: Some(remote),
-                stream: Box::new(stream),
-                kind: TransportKind::Tcp,
-            })
+            let local = stream_local(&stream);
+            Ok(Connection::plain(Box::new(stream), local, Some(remote)))
         })
     }
 

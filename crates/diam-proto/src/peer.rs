@@ -80,6 +80,12 @@ pub struct PeerConfig {
     pub dpa_timeout: Duration,
     /// Watchdog settings.
     pub watchdog: WatchdogConfig,
+    /// Require in-band TLS on connections that are not TLS already: the
+    /// CER offers only Inband-Security-Id TLS (1), a CER must offer it,
+    /// and TLS starts on the socket right after the CEA (RFC 3588 §6.10;
+    /// RFC 6733 §13 keeps it for compatibility). Default `false`
+    /// (NO_INBAND_SECURITY; TLS-first connections need nothing here).
+    pub inband_tls: bool,
 }
 
 impl Default for PeerConfig {
@@ -99,6 +105,7 @@ impl Default for PeerConfig {
             cer_timeout: Duration::from_secs(5),
             dpa_timeout: Duration::from_secs(2),
             watchdog: WatchdogConfig::default(),
+            inband_tls: false,
         }
     }
 }
@@ -343,6 +350,19 @@ pub enum CloseReason {
     /// This connection was replaced by a newer one to the same peer
     /// (lifetime rotation) and closed after draining.
     Replaced,
+    /// TLS failed or was not agreed: a failed handshake, or a peer that
+    /// did not take up the in-band TLS we require (RFC 6733 §13, RFC 3588
+    /// §6.10).
+    Tls {
+        /// What went wrong.
+        message: String,
+    },
+    /// The peer's certificate does not name its DiameterIdentity (no DNS
+    /// subjectAltName matches the Origin-Host, RFC 6733 §13).
+    CertificateMismatch {
+        /// The Origin-Host the certificate should name.
+        identity: String,
+    },
 }
 
 impl CloseReason {
@@ -376,6 +396,8 @@ impl CloseReason {
             CloseReason::Election => "election",
             CloseReason::IdentityMismatch { .. } => "identity_mismatch",
             CloseReason::Replaced => "replaced",
+            CloseReason::Tls { .. } => "tls",
+            CloseReason::CertificateMismatch { .. } => "certificate_mismatch",
         }
     }
 
@@ -418,6 +440,10 @@ impl std::fmt::Display for CloseReason {
                 write!(f, "the peer identifies as {} instead of {expected}", crate::Escaped(received))
             }
             CloseReason::Replaced => f.write_str("replaced by a newer connection"),
+            CloseReason::Tls { message } => write!(f, "TLS: {}", crate::Escaped(message)),
+            CloseReason::CertificateMismatch { identity } => {
+                write!(f, "the peer's certificate does not name {}", crate::Escaped(identity))
+            }
         }
     }
 }

@@ -360,6 +360,11 @@ struct Link {
     /// The peer answered our CER with 4003 DIAMETER_ELECTION_LOST: it
     /// keeps the connection it dialled, which is on its way to us.
     peer_lost_election: bool,
+    /// The transport is TLS already (TLS-first): no in-band TLS on it.
+    secure: bool,
+    /// In-band TLS was agreed in the capabilities exchange: TLS starts on
+    /// the connection right after the CEA (RFC 3588 §6.10 style).
+    inband_tls: bool,
 }
 
 /// The per-peer machine. See the [module docs](self).
@@ -472,6 +477,12 @@ impl PeerMachine {
         self.watchdog.state()
     }
 
+    /// The connection carrying the peer's traffic (open, or closing), if
+    /// any.
+    pub fn active_link(&self) -> Option<LinkId> {
+        self.active
+    }
+
     /// The link application requests go on, when the peer is `Open`.
     pub fn sending_link(&self) -> Option<LinkId> {
         (self.state == PeerState::Open).then_some(self.active).flatten()
@@ -579,8 +590,31 @@ impl PeerMachine {
             applications: Vec::new(),
             replacement: false,
             peer_lost_election: false,
+            secure: false,
+            inband_tls: false,
         });
         id
+    }
+
+    fn set_security(&mut self, link: LinkId, secure: bool, inband_tls: bool) {
+        if let Some(l) = self.link_mut(link) {
+            l.secure = secure;
+            l.inband_tls = inband_tls;
+        }
+    }
+
+    /// Marks a dialled link (before [`handle_dialled`](Self::handle_dialled))
+    /// as TLS already (TLS-first): its CER offers no in-band TLS.
+    pub fn set_secure(&mut self, link: LinkId) {
+        if let Some(l) = self.link_mut(link) {
+            l.secure = true;
+        }
+    }
+
+    /// Whether in-band TLS was agreed on `link`: the driver starts TLS on it
+    /// right after the CEA, before any other message.
+    pub fn inband_tls(&self, link: LinkId) -> bool {
+        self.link(link).is_some_and(|l| l.inband_tls)
     }
 
     /// Forgets `id` and tells the driver to close it.
@@ -647,13 +681,18 @@ impl PeerMachine {
             );
             return;
         }
+        let inband = if !l.secure && self.config.inband_tls { INBAND_TLS } else { INBAND_NONE };
         let hbh = self.ids.next_hop_by_hop();
         let e2e = self.ids.next_end_to_end();
-        let cer = self
-            .capabilities_of(Message::request(apps::COMMON, commands::CAPABILITIES_EXCHANGE), Some(local_ip))
-            .hop_by_hop(hbh)
-            .end_to_end(e2e)
-            .build();
+        let cer = capabilities_with(
+            &self.config,
+            Message::request(apps::COMMON, commands::CAPABILITIES_EXCHANGE),
+            Some(local_ip),
+            inband,
+        )
+        .hop_by_hop(hbh)
+        .end_to_end(e2e)
+        .build();
         let deadline = now + self.config.cer_timeout;
         if let Some(l) = self.link_mut(link) {
             l.local_ip = Some(local_ip);
@@ -708,6 +747,26 @@ impl PeerMachine {
         local_ip: IpAddr,
         now: Instant,
     ) -> Result<LinkId, Message> {
+        self.handle_inbound_on(cer, info, local_ip, false, now)
+    }
+
+    /// [`handle_inbound`](Self::handle_inbound) on a connection that is
+    /// already TLS (`secure`, TLS-first) or not. On a plain connection the
+    /// CER's Inband-Security-Id offer decides ([`inband_choice`]): in-band
+    /// TLS when we require it and it is offered; 5017
+    /// DIAMETER_NO_COMMON_SECURITY when nothing offered is acceptable.
+    pub fn handle_inbound_on(
+        &mut self,
+        cer: Message,
+        info: PeerInfo,
+        local_ip: IpAddr,
+        secure: bool,
+        now: Instant,
+    ) -> Result<LinkId, Message> {
+        let inband_tls = match inband_choice(&self.config, &cer, secure) {
+            Ok(tls) => tls,
+            Err(rc) => return Err(self.cea(&cer, rc, Some(local_ip))),
+        };
         if let Some(expected) = &self.settings.identity {
             if !expected.eq_ignore_ascii_case(&info.origin_host) {
                 return Err(self.cea(&cer, result_codes::DIAMETER_UNKNOWN_PEER, Some(local_ip)));
@@ -729,18 +788,21 @@ impl PeerMachine {
             RfcState::Closed => {
                 let link = self.new_link(Direction::Inbound, held(cer, info, applications));
                 self.set_local_ip(link, local_ip);
+                self.set_security(link, secure, inband_tls);
                 self.accept_held(now);
                 link
             }
             RfcState::WaitConnAck => {
                 let link = self.new_link(Direction::Inbound, held(cer, info, applications));
                 self.set_local_ip(link, local_ip);
+                self.set_security(link, secure, inband_tls);
                 self.rfc = RfcState::WaitConnAckElect;
                 link
             }
             RfcState::WaitICea => {
                 let link = self.new_link(Direction::Inbound, held(cer, info, applications));
                 self.set_local_ip(link, local_ip);
+                self.set_security(link, secure, inband_tls);
                 self.rfc = RfcState::WaitReturns;
                 self.elect(now);
                 link
@@ -793,7 +855,9 @@ impl PeerMachine {
         let Some(l) = self.link_mut(id) else { return };
         let Phase::HeldCer { cer, info, applications } = std::mem::replace(&mut l.phase, Phase::Open) else { return };
         let local_ip = l.local_ip;
-        let cea = self.cea(&cer, result_codes::DIAMETER_SUCCESS, local_ip);
+        let inband = if l.inband_tls { INBAND_TLS } else { INBAND_NONE };
+        let head = Message::answer_to(&cer).avp(avps::RESULT_CODE, result_codes::DIAMETER_SUCCESS);
+        let cea = capabilities_with(&self.config, head, local_ip, inband).build();
         self.transmit.push_back((id, cea));
         self.open(id, *info, applications, now);
         self.rfc = RfcState::ROpen;
@@ -1227,6 +1291,18 @@ impl PeerMachine {
                 return self.cea_failed(link, reason, now);
             }
         }
+        if self.link(link).is_some_and(|l| !l.secure) && self.config.inband_tls {
+            let agreed = cea.get_all(avps::INBAND_SECURITY_ID).any(|v| v == Ok(INBAND_TLS));
+            if !agreed {
+                let reason = CloseReason::Tls {
+                    message: "in-band TLS required, but the CEA has no Inband-Security-Id TLS".into(),
+                };
+                return self.cea_failed(link, reason, now);
+            }
+            if let Some(l) = self.link_mut(link) {
+                l.inband_tls = true;
+            }
+        }
         let applications = common_applications(&self.config, &info);
         let replacement = self.link(link).is_some_and(|l| l.replacement);
         if replacement {
@@ -1385,10 +1461,6 @@ impl PeerMachine {
         cea(&self.config, cer, result_code, local_ip)
     }
 
-    fn capabilities_of(&self, b: MessageBuilder, local_ip: Option<IpAddr>) -> MessageBuilder {
-        capabilities(&self.config, b, local_ip)
-    }
-
     /// An answer to `req` with our Origin-Host/Realm and `result_code`.
     fn answer(&self, req: &Message, result_code: u32) -> MessageBuilder {
         Message::answer_to(req)
@@ -1408,6 +1480,50 @@ impl PeerMachine {
 /// Product-Name, Origin-State-Id, the applications, Inband-Security-Id
 /// and Firmware-Revision (CER/CEA body, RFC 6733 §5.3.1).
 pub fn capabilities(c: &PeerConfig, b: MessageBuilder, local_ip: Option<IpAddr>) -> MessageBuilder {
+    capabilities_with(c, b, local_ip, INBAND_NONE)
+}
+
+/// Inband-Security-Id NO_INBAND_SECURITY (RFC 6733 §6.10).
+pub const INBAND_NONE: u32 = 0;
+/// Inband-Security-Id TLS (RFC 6733 §6.10): TLS starts after the CEA.
+pub const INBAND_TLS: u32 = 1;
+
+/// Which Inband-Security-Id values a CER offers: (NO_INBAND_SECURITY, TLS).
+/// A CER without any offers none only (RFC 6733 §6.10: absent means 0).
+pub fn inband_offer(cer: &Message) -> (bool, bool) {
+    let (mut none, mut tls, mut any) = (false, false, false);
+    for v in cer.get_all(avps::INBAND_SECURITY_ID) {
+        any = true;
+        match v {
+            Ok(INBAND_NONE) => none = true,
+            Ok(INBAND_TLS) => tls = true,
+            _ => {}
+        }
+    }
+    (none || !any, tls)
+}
+
+/// What a responder does with a CER's Inband-Security-Id offer on a
+/// connection that is `secure` (TLS-first) or not: `Ok(true)` starts TLS
+/// after the CEA, `Ok(false)` continues as is, `Err(5017)` is
+/// DIAMETER_NO_COMMON_SECURITY. A TLS-first connection needs nothing more;
+/// a node requiring in-band TLS ([`PeerConfig::inband_tls`]) takes only a
+/// CER that offers TLS; any other node only one that offers (or implies)
+/// NO_INBAND_SECURITY.
+pub fn inband_choice(config: &PeerConfig, cer: &Message, secure: bool) -> Result<bool, u32> {
+    if secure {
+        return Ok(false);
+    }
+    let (none, tls) = inband_offer(cer);
+    match (config.inband_tls, none, tls) {
+        (true, _, true) => Ok(true),
+        (false, true, _) => Ok(false),
+        _ => Err(result_codes::DIAMETER_NO_COMMON_SECURITY),
+    }
+}
+
+/// [`capabilities`] with the given Inband-Security-Id.
+pub fn capabilities_with(c: &PeerConfig, b: MessageBuilder, local_ip: Option<IpAddr>, inband: u32) -> MessageBuilder {
     let mut b = b.avp(avps::ORIGIN_HOST, c.origin_host.as_str()).avp(avps::ORIGIN_REALM, c.origin_realm.as_str());
     if c.host_ip_addresses.is_empty() {
         if let Some(ip) = local_ip {
@@ -1427,7 +1543,7 @@ pub fn capabilities(c: &PeerConfig, b: MessageBuilder, local_ip: Option<IpAddr>)
     for a in &c.auth_application_ids {
         b = b.avp(avps::AUTH_APPLICATION_ID, *a);
     }
-    b = b.avp(avps::INBAND_SECURITY_ID, 0u32);
+    b = b.avp(avps::INBAND_SECURITY_ID, inband);
     for a in &c.acct_application_ids {
         b = b.avp(avps::ACCT_APPLICATION_ID, *a);
     }

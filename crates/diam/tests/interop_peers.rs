@@ -329,7 +329,11 @@ fn election_against_freediameter() {
         dials: Arc<AtomicUsize>,
     }
     impl Connector for Gated {
-        fn connect<'a>(&'a self, addr: &'a PeerAddr) -> BoxFuture<'a, std::io::Result<Connection>> {
+        fn connect<'a>(
+            &'a self,
+            addr: &'a PeerAddr,
+            identity: Option<&'a str>,
+        ) -> BoxFuture<'a, std::io::Result<Connection>> {
             Box::pin(async move {
                 self.dials.fetch_add(1, Ordering::SeqCst);
                 if self.first.swap(false, Ordering::SeqCst) {
@@ -348,7 +352,7 @@ fn election_against_freediameter() {
                     // for a moment, still well inside the election window.
                     let until = tokio::time::Instant::now() + Duration::from_secs(3);
                     loop {
-                        match self.inner.connect(addr).await {
+                        match self.inner.connect(addr, identity).await {
                             Err(e)
                                 if e.kind() == std::io::ErrorKind::ConnectionRefused
                                     && tokio::time::Instant::now() < until =>
@@ -359,7 +363,7 @@ fn election_against_freediameter() {
                         }
                     }
                 }
-                self.inner.connect(addr).await
+                self.inner.connect(addr, identity).await
             })
         }
     }

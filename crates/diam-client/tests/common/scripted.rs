@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use diam_client::transport::{BoxFuture, Connection, Connector, TransportKind};
+use diam_client::transport::{BoxFuture, Connection, Connector};
 use diam_client::PeerAddr;
 use diam_proto::{avps, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -84,7 +84,7 @@ impl Scripted {
 }
 
 impl Connector for Scripted {
-    fn connect<'a>(&'a self, _addr: &'a PeerAddr) -> BoxFuture<'a, io::Result<Connection>> {
+    fn connect<'a>(&'a self, _addr: &'a PeerAddr, _identity: Option<&'a str>) -> BoxFuture<'a, io::Result<Connection>> {
         Box::pin(async move {
             let n = {
                 let mut d = self.log.dials.lock().unwrap();
@@ -102,7 +102,7 @@ impl Connector for Scripted {
                     let conn = self.log.connections.fetch_add(1, Ordering::SeqCst);
                     self.log.received.lock().unwrap().push(Vec::new());
                     tokio::spawn(peer(theirs, b, conn, self.log.clone(), self.answer.clone()));
-                    Ok(Connection { stream: Box::new(ours), kind: TransportKind::Tcp, local: None, remote: None })
+                    Ok(Connection::plain(Box::new(ours), None, None))
                 }
             }
         })
