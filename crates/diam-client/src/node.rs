@@ -725,6 +725,20 @@ impl Node {
     /// Connects once to `addr` (no reconnection) and waits until the
     /// capabilities exchange is done: a one-off peer, e.g. for a probe.
     pub async fn connect(&self, addr: PeerAddr) -> Result<PeerHandle, Error> {
+        self.connect_inner(None, addr).await
+    }
+
+    /// [`connect`](Self::connect) to a peer whose DiameterIdentity is
+    /// known: its CEA must carry it, and over TLS its certificate must name
+    /// it (checked before the CER).
+    pub async fn connect_to(&self, identity: &str, addr: PeerAddr) -> Result<PeerHandle, Error> {
+        if !is_identity(identity) {
+            return Err(Error::InvalidConfig(format!("{:?} is not a DiameterIdentity", Escaped(identity))));
+        }
+        self.connect_inner(Some(identity.to_string()), addr).await
+    }
+
+    async fn connect_inner(&self, identity: Option<String>, addr: PeerAddr) -> Result<PeerHandle, Error> {
         let shared = self.shared();
         if shared.is_closed() {
             return Err(Error::PoolClosed);
@@ -732,7 +746,7 @@ impl Node {
         let mut never = shared.config.reconnect.clone();
         never.enabled = false;
         let spec = PeerSpec {
-            identity: None,
+            identity,
             targets: vec![addr],
             policy: never.policy(0),
             lazy: false,

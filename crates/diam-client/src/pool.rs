@@ -57,6 +57,9 @@ pub struct PoolConfig {
     pub max_connections: usize,
     /// Answers requests peers send us (e.g. RAR); none means 3001.
     pub handler: Option<Arc<dyn Handler>>,
+    /// TLS credentials for `aaas://` addresses and in-band TLS
+    /// ([`crate::ConnectionConfig`]'s `peer.inband_tls`). Default none.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -76,6 +79,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("health_check_interval", &self.health_check_interval)
             .field("max_connections", &self.max_connections)
             .field("handler", &self.handler.is_some())
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -97,6 +101,7 @@ impl Default for PoolConfig {
             health_check_interval: Duration::from_secs(30),
             max_connections: 1024,
             handler: None,
+            tls: None,
         }
     }
 }
@@ -346,6 +351,9 @@ impl AddressClient {
         }
         if let Some(e) = events {
             builder = builder.events(e);
+        }
+        if let Some(t) = &config.tls {
+            builder = builder.tls(t.clone());
         }
         let node = builder.build()?;
         let inner = Arc::new(Inner {

@@ -471,8 +471,9 @@ impl EventWriter {
 /// Credit-Control advertised, fast reconnection (100 ms growing to 1 s) so a
 /// restarted peer is picked up at once.
 fn pool_config(args: &BenchArgs) -> Result<PoolConfig, Failure> {
-    let c = crate::peer_cmd::config(&args.identity.to_identity(), &args.tuning, &[apps::CREDIT_CONTROL])?;
-    let mut p = PoolConfig { connection: c, ..PoolConfig::default() };
+    let c = crate::peer_cmd::config(&args.identity.to_identity(), &args.tuning, &[apps::CREDIT_CONTROL], &args.tls)?;
+    let tls = crate::peer_cmd::load_tls(&args.tls)?;
+    let mut p = PoolConfig { connection: c, tls, ..PoolConfig::default() };
     p.reconnect_enabled = true;
     p.reconnect_interval = Duration::from_millis(100);
     p.max_reconnect_delay = Duration::from_secs(1);
@@ -551,6 +552,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         }
     }
     let peers: Vec<PeerAddr> = crate::peer_cmd::parse_peers("--peer", &args.peer)?;
+    crate::peer_cmd::check_tls_peers("--peer", &peers, &args.tls)?;
     if peers.is_empty() {
         return Err(Failure::input("--peer needs at least one address"));
     }

@@ -142,6 +142,32 @@ impl Default for TuningArgs {
     }
 }
 
+/// TLS (RFC 6733 §13), common to every command that talks to peers.
+#[derive(Debug, Clone, Args, Default)]
+pub(crate) struct TlsArgs {
+    /// Our certificate chain (PEM, ours first). With --tls-key and
+    /// --tls-ca: `aaas://` peers are dialled with TLS, and peers must
+    /// present a certificate from that CA naming their Origin-Host (mutual
+    /// authentication).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// Our private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The CA certificates peers' certificates must chain to (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// In-band TLS (RFC 3588 style): on plain connections, offer and
+    /// require Inband-Security-Id TLS in the CER/CEA, and start TLS right
+    /// after the CEA.
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) inband_tls: bool,
+    /// Append TLS session secrets to FILE (NSS key log format, for
+    /// Wireshark/tshark). SSLKEYLOGFILE does the same. Debugging only.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_keylog: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one).
@@ -150,9 +176,23 @@ pub(crate) struct ServeArgs {
     /// Keep a connection to this peer up (reconnecting with backoff;
     /// election when it connects to us too). PEER is HOST:PORT, [V6]:PORT,
     /// aaa://HOST[:PORT][;transport=tcp] (a host name there is the peer's
-    /// DiameterIdentity), or IDENTITY=ADDRESS. Repeatable.
+    /// DiameterIdentity), aaas://HOST[:PORT] (TLS first), or
+    /// IDENTITY=ADDRESS. Repeatable.
     #[arg(long = "connect", value_name = "PEER")]
     pub(crate) connect: Vec<String>,
+    /// Also listen for TLS-first connections on ADDR (needs --tls-cert;
+    /// the IANA port for Diameter over TLS is 5658).
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub(crate) tls_listen: Option<String>,
+    /// Accept only peers whose Origin-Host is this identity or matches
+    /// *.DOMAIN (besides --connect peers); others get 3010
+    /// DIAMETER_UNKNOWN_PEER. Repeatable. Without it, any peer is accepted
+    /// (a test tool; a warning says so).
+    #[arg(long = "allow", value_name = "PATTERN")]
+    pub(crate) allow: Vec<String>,
+    /// Most inbound connections at once; more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub(crate) max_connections: usize,
     /// Accept only these applications (a CER with none in common gets
     /// 5010). Default: any application (Relay is advertised).
     #[arg(long = "app", value_name = "ID", num_args = 1..)]
@@ -174,11 +214,16 @@ pub(crate) struct ServeArgs {
     pub(crate) identity: IdentityArgs,
     #[command(flatten)]
     pub(crate) tuning: TuningArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
-    /// The peer: HOST:PORT, [V6]:PORT or aaa://HOST[:PORT][;transport=tcp].
+    /// The peer: HOST:PORT, [V6]:PORT, aaa://HOST[:PORT][;transport=tcp],
+    /// aaas://HOST[:PORT] (TLS first; needs --tls-cert), or
+    /// IDENTITY=ADDRESS (the peer's DiameterIdentity, which its certificate
+    /// must name).
     #[arg(long, value_name = "PEER")]
     pub(crate) peer: String,
     /// Applications to advertise in the CER (default: Relay, 0xffffffff).
@@ -189,11 +234,16 @@ pub(crate) struct ProbeArgs {
     pub(crate) timeout_ms: u64,
     #[command(flatten)]
     pub(crate) identity: ClientIdentityArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
-    /// The peer: HOST:PORT, [V6]:PORT or aaa://HOST[:PORT][;transport=tcp].
+    /// The peer: HOST:PORT, [V6]:PORT, aaa://HOST[:PORT][;transport=tcp],
+    /// aaas://HOST[:PORT] (TLS first; needs --tls-cert), or
+    /// IDENTITY=ADDRESS (the peer's DiameterIdentity, which its certificate
+    /// must name).
     #[arg(long, value_name = "PEER")]
     pub(crate) peer: String,
     /// Application-Id of the request (also advertised in the CER).
@@ -217,6 +267,8 @@ pub(crate) struct SendArgs {
     pub(crate) tuning: TuningArgs,
     #[command(flatten)]
     pub(crate) dict: DictArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +322,8 @@ pub(crate) struct BenchArgs {
     pub(crate) identity: ClientIdentityArgs,
     #[command(flatten)]
     pub(crate) tuning: TuningArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 #[derive(Debug, Args)]

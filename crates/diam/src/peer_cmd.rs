@@ -13,7 +13,7 @@ use diam_proto::watchdog::MIN_WATCHDOG_INTERVAL;
 use diam_proto::{apps, avps, commands, disconnect_cause, result_codes, Message};
 use serde_json::json;
 
-use crate::{Failure, IdentityArgs, ProbeArgs, SendArgs, ServeArgs, TuningArgs};
+use crate::{Failure, IdentityArgs, ProbeArgs, SendArgs, ServeArgs, TlsArgs, TuningArgs};
 
 /// Resolves a listening address (`HOST:PORT`, `[v6]:PORT`).
 pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
@@ -31,13 +31,61 @@ pub(crate) fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
 /// `aaas://host[:port]`); what this build cannot dial is refused here.
 pub(crate) fn parse_peer(option: &str, peer: &str) -> Result<PeerAddr, Failure> {
     let addr: PeerAddr = peer.parse().map_err(|e| Failure::input(format!("{option} {e}")))?;
-    if addr.is_tls() {
-        return Err(Failure::input(format!("{option} {peer}: TLS (aaas://) is not available in this build yet")));
-    }
     if addr.transport() != diam_proto::uri::Transport::Tcp {
         return Err(Failure::input(format!("{option} {peer}: only TCP transport is available")));
     }
     Ok(addr)
+}
+
+/// Parses `IDENTITY=ADDRESS` or an address alone: `aaa://NAME…` and
+/// `aaas://NAME…` name the peer's identity; a bare address leaves it to
+/// the capabilities exchange.
+pub(crate) fn parse_target(option: &str, item: &str) -> Result<(Option<String>, PeerAddr), Failure> {
+    let (identity, addr) = match item.split_once('=') {
+        Some((id, addr)) if !id.contains("://") && !id.contains(':') => (Some(id.to_string()), addr),
+        _ => (None, item),
+    };
+    let addr = parse_peer(option, addr)?;
+    let identity =
+        identity.or_else(|| (item.contains("://") && addr.host_name().is_some()).then(|| addr.host().into_owned()));
+    if let Some(id) = &identity {
+        if !diam_proto::peer::is_identity(id) {
+            return Err(Failure::input(format!("{option} {item}: {id} is not a valid DiameterIdentity")));
+        }
+    }
+    Ok((identity, addr))
+}
+
+/// `aaas://` peers need TLS credentials.
+pub(crate) fn check_tls_peers<'a>(
+    option: &str,
+    peers: impl IntoIterator<Item = &'a PeerAddr>,
+    tls: &TlsArgs,
+) -> Result<(), Failure> {
+    for p in peers {
+        if p.is_tls() && tls.tls_cert.is_none() {
+            return Err(Failure::input(format!("{option} {p}: TLS needs --tls-cert, --tls-key and --tls-ca")));
+        }
+    }
+    Ok(())
+}
+
+/// The TLS credentials of `--tls-cert/--tls-key/--tls-ca`, with the key log
+/// of `--tls-keylog` or `SSLKEYLOGFILE`.
+pub(crate) fn load_tls(tls: &TlsArgs) -> Result<Option<diam_client::TlsConfig>, Failure> {
+    let (Some(cert), Some(key), Some(ca)) = (&tls.tls_cert, &tls.tls_key, &tls.tls_ca) else {
+        return Ok(None);
+    };
+    let mut config =
+        diam_client::TlsConfig::from_pem_files(cert, key, ca).map_err(|e| Failure::input(format!("TLS: {e}")))?;
+    if let Some(path) = &tls.tls_keylog {
+        let log = diam_client::tls::KeyLogToFile::open(path)
+            .map_err(|e| Failure::input(format!("--tls-keylog {}: {e}", path.display())))?;
+        config = config.with_key_log(Arc::new(log));
+    } else if std::env::var_os("SSLKEYLOGFILE").is_some() {
+        config = config.with_key_log(Arc::new(rustls::KeyLogFile::new()));
+    }
+    Ok(Some(config))
 }
 
 /// Most addresses one `HOST:P1-P2` range may expand to.
@@ -85,8 +133,10 @@ pub(crate) fn config(
     id: &IdentityArgs,
     tuning: &TuningArgs,
     apps_advertised: &[u32],
+    tls: &TlsArgs,
 ) -> Result<ConnectionConfig, Failure> {
     let mut c = ConnectionConfig::new(id.origin_host.clone(), id.origin_realm.clone());
+    c.peer.inband_tls = tls.inband_tls;
     c.peer.auth_application_ids = if apps_advertised.is_empty() { vec![apps::RELAY] } else { apps_advertised.to_vec() };
     c.peer.origin_state_id =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
@@ -142,21 +192,27 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
     // capabilities exchange.
     let mut connect = Vec::new();
     for c in &args.connect {
-        let (identity, addr) = match c.split_once('=') {
-            Some((id, addr)) if !id.contains("://") && !id.contains(':') => (Some(id.to_string()), addr),
-            _ => (None, c.as_str()),
-        };
-        let addr = parse_peer("--connect", addr)?;
-        let identity =
-            identity.or_else(|| (c.contains("://") && addr.host_name().is_some()).then(|| addr.host().into_owned()));
-        if let Some(id) = &identity {
-            if !diam_proto::peer::is_identity(id) {
-                return Err(Failure::input(format!("--connect {c}: {id} is not a valid DiameterIdentity")));
-            }
-        }
-        connect.push((identity, addr));
+        connect.push(parse_target("--connect", c)?);
     }
-    let mut cfg = config(&args.identity, &args.tuning, &args.app)?;
+    check_tls_peers("--connect", connect.iter().map(|(_, a)| a), &args.tls)?;
+    let tls_listen = match &args.tls_listen {
+        Some(a) => Some(resolve(a).map_err(|f| Failure::input(format!("--tls-listen {}", f.message)))?),
+        None => None,
+    };
+    let tls = load_tls(&args.tls)?;
+    for p in &args.allow {
+        let domain = p.strip_prefix("*.").unwrap_or(p);
+        if !diam_proto::peer::is_identity(domain) {
+            return Err(Failure::input(format!("--allow {p}: expected an identity or *.DOMAIN")));
+        }
+    }
+    if args.max_connections == 0 {
+        return Err(Failure::input("--max-connections must be at least 1"));
+    }
+    if args.allow.is_empty() {
+        eprintln!("diam serve: no --allow given: accepting any peer whose CER passes the checks (a test tool; use --allow in production)");
+    }
+    let mut cfg = config(&args.identity, &args.tuning, &args.app, &args.tls)?;
     cfg.max_concurrent_handlers = cfg.max_pending.max(1024);
     let origin_host: Arc<str> = args.identity.origin_host.clone().into();
     let origin_realm: Arc<str> = args.identity.origin_realm.clone().into();
@@ -203,12 +259,24 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         }
     });
     rt.block_on(async move {
-        let node_config = NodeConfig { connection: cfg, ..NodeConfig::default() };
-        let node = Node::builder(node_config)
-            .default_handler(handler)
-            .accept_any()
-            .build()
-            .map_err(|e| Failure::input(e.to_string()))?;
+        let max_connections = args.max_connections;
+        let node_config = NodeConfig {
+            connection: cfg,
+            max_connections,
+            max_connections_per_source: NodeConfig::default().max_connections_per_source.min(max_connections),
+            ..NodeConfig::default()
+        };
+        let mut builder = Node::builder(node_config).default_handler(handler);
+        if args.allow.is_empty() {
+            builder = builder.accept_any();
+        }
+        for p in &args.allow {
+            builder = builder.allow(p.clone());
+        }
+        if let Some(t) = tls {
+            builder = builder.tls(t);
+        }
+        let node = builder.build().map_err(|e| Failure::input(e.to_string()))?;
         // Peer changes, one JSON line each (listeners run on the
         // dispatcher's thread, never on a peer's task).
         let out = Arc::new(Mutex::new(()));
@@ -226,9 +294,36 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             let _ = print_json(&line);
         });
         let addr = node.listen_tcp(listen).await.map_err(|e| Failure::failed(e.to_string()))?;
+        let tls_addr = match tls_listen {
+            Some(a) => Some(node.listen_tls(a).await.map_err(|e| Failure::failed(e.to_string()))?),
+            None => None,
+        };
         {
             let _guard = out.lock();
-            print_json(&json!({"event": "listening", "addr": addr.to_string()}))?;
+            let mut line = json!({"event": "listening", "addr": addr.to_string()});
+            if let Some(t) = tls_addr {
+                line["tls_addr"] = json!(t.to_string());
+            }
+            print_json(&line)?;
+        }
+        #[cfg(unix)]
+        if args.tls.tls_cert.is_some() {
+            // SIGHUP reloads the certificate, key and CA for new connections.
+            let (node, tls_args) = (node.clone(), args.tls.clone());
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+                while hup.recv().await.is_some() {
+                    match load_tls(&tls_args) {
+                        Ok(Some(t)) => match node.reload_tls(t) {
+                            Ok(()) => eprintln!("diam serve: TLS credentials reloaded"),
+                            Err(e) => eprintln!("diam serve: TLS reload: {e}"),
+                        },
+                        Ok(None) => {}
+                        Err(f) => eprintln!("diam serve: TLS reload failed, keeping the old credentials: {}", f.message),
+                    }
+                }
+            });
         }
         for (identity, peer) in connect {
             let added = match identity {
@@ -328,15 +423,19 @@ fn step(result: Result<(u32, Duration), String>) -> (serde_json::Value, bool) {
 }
 
 /// A client node for one-off commands (probe, send).
-fn one_off_node(cfg: ConnectionConfig) -> Result<Node, Failure> {
-    Node::builder(NodeConfig { connection: cfg, ..NodeConfig::default() })
-        .build()
-        .map_err(|e| Failure::input(e.to_string()))
+fn one_off_node(cfg: ConnectionConfig, tls: Option<diam_client::TlsConfig>) -> Result<Node, Failure> {
+    let mut b = Node::builder(NodeConfig { connection: cfg, ..NodeConfig::default() });
+    if let Some(t) = tls {
+        b = b.tls(t);
+    }
+    b.build().map_err(|e| Failure::input(e.to_string()))
 }
 
 pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
-    let addr = parse_peer("--peer", &args.peer)?;
-    let mut cfg = config(&args.identity.to_identity(), &TuningArgs::default(), &args.app)?;
+    let (identity, addr) = parse_target("--peer", &args.peer)?;
+    check_tls_peers("--peer", [&addr], &args.tls)?;
+    let tls = load_tls(&args.tls)?;
+    let mut cfg = config(&args.identity.to_identity(), &TuningArgs::default(), &args.app, &args.tls)?;
     let timeout = Duration::from_millis(args.timeout_ms);
     if timeout.is_zero() {
         return Err(Failure::input("--timeout-ms must be positive"));
@@ -350,12 +449,16 @@ pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
     let rt = runtime()?;
     let (report, ok) = rt.block_on(async move {
         let mut report = json!({"peer": addr.to_string(), "peer_origin_host": null});
-        let node = match one_off_node(cfg) {
+        let node = match one_off_node(cfg, tls) {
             Ok(n) => n,
             Err(f) => return (json!({"error": f.message}), false),
         };
         let start = Instant::now();
-        let peer = match node.connect(addr).await {
+        let connected = match &identity {
+            Some(id) => node.connect_to(id, addr).await,
+            None => node.connect(addr).await,
+        };
+        let peer = match connected {
             Ok(p) => p,
             Err(e) => {
                 let cea = match &e {
@@ -372,6 +475,7 @@ pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
         report["cea"] = cea;
         report["peer_origin_host"] = json!(peer.peer_info().map(|p| p.origin_host.clone()));
         report["peer_product_name"] = json!(peer.peer_info().map(|p| p.product_name.clone()));
+
         let dwr = Message::request(apps::COMMON, commands::DEVICE_WATCHDOG)
             .avp(avps::ORIGIN_HOST, origin_host.as_str())
             .avp(avps::ORIGIN_REALM, origin_realm.as_str())
@@ -385,6 +489,16 @@ pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
         };
         let (dwa, dwa_ok) = step(dwa);
         report["dwa"] = dwa;
+        // After the DWA: in-band TLS is up by then.
+        report["transport"] = json!(peer.transport().map(|t| t.as_str()));
+        if let Some(tls) = peer.tls() {
+            report["tls"] = json!({
+                "version": tls.version,
+                "cipher": tls.cipher,
+                "peer_subject": tls.peer_subject(),
+                "peer_dns_names": tls.peer_dns_names(),
+            });
+        }
         let t = Instant::now();
         let dpa = match peer.close(disconnect_cause::REBOOTING).await {
             Some(CloseReason::LocalDisconnect { dpa_result_code: Some(rc), .. }) => Ok((rc, t.elapsed())),
@@ -405,12 +519,14 @@ pub(crate) fn probe(args: &ProbeArgs) -> Result<(), Failure> {
 }
 
 pub(crate) fn send(args: &SendArgs) -> Result<(), Failure> {
-    let addr = parse_peer("--peer", &args.peer)?;
+    let (identity, addr) = parse_target("--peer", &args.peer)?;
+    check_tls_peers("--peer", [&addr], &args.tls)?;
+    let tls = load_tls(&args.tls)?;
     let dict = crate::codec_cmd::load_dictionary(&args.dict)?;
     if args.command > 0x00ff_ffff {
         return Err(Failure::input("--command must fit in 24 bits"));
     }
-    let mut cfg = config(&args.identity.to_identity(), &args.tuning, &[args.app])?;
+    let mut cfg = config(&args.identity.to_identity(), &args.tuning, &[args.app], &args.tls)?;
     cfg.request_timeout = Duration::from_millis(args.timeout_ms.unwrap_or(args.tuning.request_timeout_ms));
     let parsed: Vec<_> = args
         .avp
@@ -442,10 +558,13 @@ pub(crate) fn send(args: &SendArgs) -> Result<(), Failure> {
     let rt = runtime()?;
     let node = {
         let _in_runtime = rt.enter();
-        one_off_node(cfg)?
+        one_off_node(cfg, tls)?
     };
     let answer = rt.block_on(async move {
-        let peer = node.connect(addr).await?;
+        let peer = match &identity {
+            Some(id) => node.connect_to(id, addr).await?,
+            None => node.connect(addr).await?,
+        };
         let answer = peer.send(request).await;
         peer.close(disconnect_cause::REBOOTING).await;
         answer
