@@ -36,11 +36,43 @@
 %%   --max-seconds S       hard lifetime limit (default 120)
 %%   --stdin               also stop on stdin EOF or a "stop" line
 %%
+%% TLS options (all three files are needed for TLS; PEM):
+%%   --tls-cert F --tls-key F --tls-ca F
+%%                         TLS-first (RFC 6733): TLS from the first byte, CER/CEA
+%%                         inside TLS.  diameter_tcp transport_config gets
+%%                         {ssl_options, true} plus the ssl options
+%%                         certfile/keyfile/cacertfile, {verify, verify_peer},
+%%                         {versions, ['tlsv1.3','tlsv1.2']} and, on the server,
+%%                         {fail_if_no_peer_cert, true}.  The peer's certificate
+%%                         must chain to the CA, in both roles.
+%%   --inband-tls          with the cert options: RFC 3588 in-band TLS instead.
+%%                         The connection starts in clear, the transport
+%%                         advertises Inband-Security-Id 1 (TLS) only (its
+%%                         capabilities), and diameter_tcp ({ssl_options, Opts})
+%%                         runs ssl:connect/ssl:handshake on the socket after
+%%                         CER/CEA settled on TLS.  A peer that does not offer 1
+%%                         is refused (CEA 5017 / no_common_security).
+%%   --tls-versions L      comma-separated, e.g. tlsv1.2 (default tlsv1.3,tlsv1.2)
+%%   --tls-sni NAME        client: send SNI NAME and require the server
+%%                         certificate to match it (SAN DNS).  "disable": no
+%%                         SNI and no hostname check (chain check only).
+%%                         Default: no SNI; OTP then checks the certificate
+%%                         against the address it connected to (127.0.0.1), so
+%%                         the server certificate needs SAN IP:127.0.0.1.
+%%                         (Not derived from --dest-host: with a relay in
+%%                         between, Destination-Host is not the TLS peer.)
+%% With TLS, "TLS_UP <host> protocol=... cipher=... peer_cert=<subject>" follows
+%% PEER_UP, and a failed handshake prints "TLS_HANDSHAKE_FAILED <why>" (from
+%% OTP's TLS alert reports, or the in-band upgrade failing); an alert on an
+%% established connection prints "TLS_ALERT <why>".  OTP's own multi-line
+%% NOTICE reports still go to stdout/stderr as before.
+%%
 %% Everything is bounded: the client gives up after 15 s without a peer.
 -module(interop_peer).
 -mode(compile).
 
 -include_lib("diameter/include/diameter.hrl").
+-include_lib("public_key/include/public_key.hrl").
 
 -export([main/1]).
 %% diameter application callbacks
@@ -50,6 +82,8 @@
 -export([init/1, handle_event/2, handle_call/2, handle_info/2, terminate/2, code_change/3]).
 %% watchdog timer callback
 -export([tw_value/1]).
+%% logger handler (TLS failure lines)
+-export([log/2]).
 
 -define(DICT, interop_dcca).
 -define(APP_ID, 4).
@@ -81,6 +115,13 @@ opts(["--result-code", V | T], M) -> opts(T, M#{result_code => list_to_integer(V
 opts(["--linger-ms", V | T], M) -> opts(T, M#{linger_ms => list_to_integer(V)});
 opts(["--max-seconds", V | T], M) -> opts(T, M#{max_seconds => list_to_integer(V)});
 opts(["--stdin" | T], M) -> opts(T, M#{stdin => true});
+opts(["--tls-cert", V | T], M) -> opts(T, M#{tls_cert => V});
+opts(["--tls-key", V | T], M) -> opts(T, M#{tls_key => V});
+opts(["--tls-ca", V | T], M) -> opts(T, M#{tls_ca => V});
+opts(["--inband-tls" | T], M) -> opts(T, M#{inband_tls => true});
+opts(["--tls-versions", V | T], M) ->
+    opts(T, M#{tls_versions => [list_to_atom(X) || X <- string:lexemes(V, ",")]});
+opts(["--tls-sni", V | T], M) -> opts(T, M#{tls_sni => V});
 opts([Bad | _], _) ->
     io:format(standard_error, "interop_peer: bad option ~s~n", [Bad]),
     halt(2).
@@ -104,6 +145,7 @@ run(Role, Port, N, O0) ->
                  max_seconds => 120,
                  stdin => false},
     O = maps:merge(Defaults, O0),
+    check_tls_opts(O),
     persistent_term:put(?MODULE, O),
     Self = self(),
     %% Hard lifetime bound, whatever happens below.
@@ -115,8 +157,10 @@ run(Role, Port, N, O0) ->
                   halt(3)
           end),
     install_sigterm(),
+    tls_mode(O) == none orelse install_tls_logger(),
     load_dict(),
     ok = diameter:start(),
+    tls_mode(O) == none orelse ({ok, _} = application:ensure_all_started(ssl)),
     OSI = erlang:system_time(second) band 16#7fffffff,
     SvcOpts = [{'Origin-Host', maps:get(origin_host, O)},
                {'Origin-Realm', maps:get(origin_realm, O)},
@@ -195,10 +239,12 @@ server(Port, O) ->
     Addr = maps:get(addr, O),
     Tw = maps:get(tw, O),
     {ok, Ref} = diameter:add_transport(?SVC, {listen, [{transport_module, diameter_tcp},
-                                                       {transport_config, [{reuseaddr, true},
-                                                                           {ip, Addr},
-                                                                           {port, Port}]},
-                                                       {watchdog_timer, watchdog(Tw)}]}),
+                                                       {transport_config, tls_config(server, O)
+                                                                          ++ [{reuseaddr, true},
+                                                                              {ip, Addr},
+                                                                              {port, Port}]},
+                                                       {watchdog_timer, watchdog(Tw)}
+                                                       | tls_caps(O)]}),
     LPort = listen_port(Ref, 200),
     say("READY ~b", [LPort]),
     Why = event_loop(),
@@ -213,7 +259,10 @@ listen_port(Ref, Tries) ->
     case [S || {{diameter_tcp, listener, {R, {_, S}}}, _} <- diameter_reg:match({diameter_tcp, listener, {'_', '_'}}),
                R == Ref] of
         [S | _] ->
-            {ok, P} = inet:port(S),
+            {ok, P} = case S of
+                          {sslsocket, _, _} -> ssl_port(S); % TLS-first: ssl listen socket
+                          _ -> inet:port(S)
+                      end,
             P;
         [] ->
             timer:sleep(25),
@@ -226,6 +275,9 @@ event_loop() ->
         #diameter_event{service = ?SVC, info = Info} ->
             print_event(Info),
             event_loop();
+        {tls_log, Line} ->
+            say("~s", [Line]),
+            event_loop();
         sigterm -> sigterm;
         stop_requested -> stdin;
         lifetime_exceeded -> max_seconds
@@ -233,9 +285,11 @@ event_loop() ->
 
 print_event(Info) when is_tuple(Info) ->
     case element(1, Info) of
-        up -> say("PEER_UP ~s", [peer_host(Info)]);
+        up ->
+            say("PEER_UP ~s", [peer_host(Info)]),
+            print_tls(peer_host(Info));
         down -> say("PEER_DOWN ~s", [peer_host(Info)]);
-        _ -> ok
+        _ -> print_closed(Info)
     end;
 print_event(_) ->
     ok.
@@ -262,12 +316,14 @@ client(Port, N, O) ->
     Addr = maps:get(addr, O),
     Tw = maps:get(tw, O),
     {ok, Ref} = diameter:add_transport(?SVC, {connect, [{transport_module, diameter_tcp},
-                                                        {transport_config, [{reuseaddr, true},
-                                                                            {ip, Addr},
-                                                                            {raddr, Addr},
-                                                                            {rport, Port}]},
+                                                        {transport_config, tls_config(client, O)
+                                                                           ++ [{reuseaddr, true},
+                                                                               {ip, Addr},
+                                                                               {raddr, Addr},
+                                                                               {rport, Port}]},
                                                         {connect_timer, 1000},
-                                                        {watchdog_timer, watchdog(Tw)}]}),
+                                                        {watchdog_timer, watchdog(Tw)}
+                                                        | tls_caps(O)]}),
     wait_up(15000),
     say("READY ~b", [Port]),
     SId = diameter:session_id(maps:get(origin_host, O)),
@@ -292,6 +348,9 @@ client(Port, N, O) ->
 linger(Deadline, Up) ->
     Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
     receive
+        {tls_log, Line} ->
+            say("~s", [Line]),
+            linger(Deadline, Up);
         #diameter_event{service = ?SVC, info = Info} ->
             print_event(Info),
             linger(Deadline, case event_kind(Info) of
@@ -324,7 +383,11 @@ wait_event(Kind, Deadline, OnTimeout) ->
     receive
         #diameter_event{service = ?SVC, info = Info} when element(1, Info) == Kind ->
             print_event(Info);
-        #diameter_event{service = ?SVC} ->
+        #diameter_event{service = ?SVC, info = Info} ->
+            print_closed(Info),
+            wait_event(Kind, Deadline, OnTimeout);
+        {tls_log, Line} ->
+            say("~s", [Line]),
             wait_event(Kind, Deadline, OnTimeout);
         sigterm when Kind == up -> halt(1);
         lifetime_exceeded when Kind == up -> halt(1)
@@ -403,6 +466,219 @@ result_code(#{'Experimental-Result' := [ER | _]}) ->
         _ -> experimental
     end;
 result_code(_) -> none.
+
+%% ---------------------------------------------------------------------------
+%% TLS
+
+tls_mode(#{tls_cert := _, tls_key := _, tls_ca := _} = O) ->
+    case maps:get(inband_tls, O, false) of
+        true -> inband;
+        false -> first
+    end;
+tls_mode(_) -> none.
+
+check_tls_opts(O) ->
+    Given = [K || K <- [tls_cert, tls_key, tls_ca, inband_tls, tls_versions, tls_sni],
+                  maps:is_key(K, O)],
+    case {tls_mode(O), Given} of
+        {none, [_ | _]} ->
+            io:format(standard_error,
+                      "interop_peer: TLS needs --tls-cert, --tls-key and --tls-ca~n", []),
+            halt(2);
+        _ ->
+            [begin
+                 io:format(standard_error, "interop_peer: ~s: no such file~n", [F]),
+                 halt(2)
+             end || K <- [tls_cert, tls_key, tls_ca], F <- [maps:get(K, O, "")],
+                    maps:is_key(K, O), not filelib:is_regular(F)],
+            ok
+    end.
+
+%% The ssl options for ssl:listen/connect (TLS-first) or for the in-band
+%% ssl:handshake/connect on the accepted/connected socket.
+ssl_opts(Role, O) ->
+    #{tls_cert := C, tls_key := K, tls_ca := CA} = O,
+    [{certfile, C},
+     {keyfile, K},
+     {cacertfile, CA},
+     {verify, verify_peer},
+     {versions, maps:get(tls_versions, O, ['tlsv1.3', 'tlsv1.2'])}]
+        ++ case Role of
+               server -> [{fail_if_no_peer_cert, true}];
+               client ->
+                   case maps:find(tls_sni, O) of
+                       {ok, "disable"} -> [{server_name_indication, disable}];
+                       {ok, Name} -> [{server_name_indication, Name}];
+                       error -> []
+                   end
+           end.
+
+%% diameter_tcp transport_config: {ssl_options, true} makes the transport
+%% module ssl from the start and passes the remaining options to
+%% ssl:listen/connect; {ssl_options, Opts} keeps gen_tcp and upgrades with
+%% Opts once capabilities exchange agreed on Inband-Security-Id 1.
+tls_config(Role, O) ->
+    case tls_mode(O) of
+        none -> [];
+        first -> [{ssl_options, true} | ssl_opts(Role, O)];
+        inband -> [{ssl_options, ssl_opts(Role, O)}]
+    end.
+
+%% Per-transport capabilities: advertise Inband-Security-Id 1 (TLS) only.
+tls_caps(O) ->
+    case tls_mode(O) of
+        inband -> [{capabilities, [{'Inband-Security-Id', [1]}]}];
+        _ -> []
+    end.
+
+ssl_port(S) ->
+    case ssl:sockname(S) of
+        {ok, {_, P}} -> {ok, P};
+        Other -> Other
+    end.
+
+%% After PEER_UP: the negotiated protocol of every ssl socket diameter_tcp
+%% registered that was not reported yet.
+print_tls(Host) ->
+    case tls_mode(persistent_term:get(?MODULE)) of
+        none -> ok;
+        _ ->
+            Socks = [S || {{diameter_tcp, T, {_, S}}, _} <- diameter_reg:match({diameter_tcp, '_', {'_', '_'}}),
+                          T /= listener, is_tuple(S), element(1, S) == sslsocket],
+            Seen = get_seen(),
+            [begin
+                 put(tls_seen, [S | get_seen()]),
+                 case ssl:connection_information(S, [protocol, selected_cipher_suite]) of
+                     {ok, Info} ->
+                         say("TLS_UP ~s protocol=~s cipher=~s peer_cert=~s",
+                             [Host, proplists:get_value(protocol, Info),
+                              cipher_name(proplists:get_value(selected_cipher_suite, Info)),
+                              peer_subject(S)]),
+                         rearm(Host, S);
+                     Err ->
+                         say("TLS_UP ~s ~0p", [Host, Err])
+                 end
+             end || S <- Socks, not lists:member(S, Seen)],
+            ok
+    end.
+
+%% OTP 25 race (in-band TLS server): diameter_tcp re-arms {active, once} on
+%% the TCP socket after the CER, then ssl:handshake/2 copies the socket's
+%% active mode into the new ssl socket.  A peer that sends its ClientHello
+%% right after the CEA (freeDiameterd does) consumes the active-once before
+%% that copy, so the ssl socket starts passive while diameter_tcp believes
+%% it is active: nothing is ever read again (no DWA, no requests; the
+%% watchdog takes the connection down after 2 Tw).  The ClientHello itself is
+%% not lost in that case (gen_tcp:controlling_process/2 forwards it to the
+%% ssl connection process).  Re-arm the socket for diameter_tcp (its owner
+%% gets the {ssl, ...} messages).
+rearm(Host, S) ->
+    case ssl:getopts(S, [active]) of
+        {ok, [{active, false}]} ->
+            ok = ssl:setopts(S, [{active, once}]),
+            say("TLS_REARM ~s (OTP left the upgraded socket passive)", [Host]);
+        _ ->
+            ok
+    end.
+
+%% With TLS: a connection that went away before CER/CEA completed, without a
+%% TLS alert (freeDiameterd closes the socket without one when it rejects
+%% our certificate; with TLS 1.3 that happens after our client handshake
+%% has already finished).
+print_closed({closed, _Ref, Reason, _Config}) ->
+    case tls_mode(persistent_term:get(?MODULE)) of
+        none -> ok;
+        _ -> say("TLS_CLOSED_BEFORE_UP ~s", [one_line(io_lib:format("~0P", [closed_reason(Reason), 8]))])
+    end;
+print_closed(_) ->
+    ok.
+
+closed_reason({'DOWN', _, process, _, Why}) -> Why;
+closed_reason(Why) -> Why.
+
+get_seen() ->
+    case get(tls_seen) of undefined -> []; L -> L end.
+
+cipher_name(#{} = Suite) ->
+    try ssl:suite_to_str(Suite) catch _:_ -> io_lib:format("~0p", [Suite]) end;
+cipher_name(Other) ->
+    io_lib:format("~0p", [Other]).
+
+peer_subject(S) ->
+    try
+        {ok, Der} = ssl:peercert(S),
+        Otp = public_key:pkix_decode_cert(Der, otp),
+        {rdnSequence, Rdns} = Otp#'OTPCertificate'.tbsCertificate#'OTPTBSCertificate'.subject,
+        string:join([attr(A) || Set <- Rdns, A <- Set], ",")
+    catch
+        _:_ -> "?"
+    end.
+
+attr(#'AttributeTypeAndValue'{type = ?'id-at-commonName', value = V}) -> "CN=" ++ str(V);
+attr(#'AttributeTypeAndValue'{value = V}) -> str(V).
+
+str({_, V}) when is_list(V) -> V;
+str({_, V}) when is_binary(V) -> binary_to_list(V);
+str(V) when is_list(V) -> V;
+str(V) -> io_lib:format("~0p", [V]).
+
+%% A logger handler that turns OTP's TLS alert reports, and the crash of an
+%% in-band upgrade in diameter_tcp, into one stdout line each (sent to the
+%% main process, which prints it between its other lines).
+install_tls_logger() ->
+    Main = self(),
+    ok = logger:add_handler(interop_peer_tls, ?MODULE, #{level => notice, config => #{main => Main}}),
+    ok.
+
+log(#{msg := {report, #{alert := Alert} = R}}, #{config := #{main := Main}}) ->
+    case Alert of
+        {alert, 2, Desc, _Where, _Role, _Reason} -> % fatal
+            %% With TLS 1.3 a client is in state connection before the
+            %% server has checked its certificate, so certificate alerts
+            %% (40 handshake_failure, 42-49, 116 certificate_required)
+            %% count as handshake failures wherever they come.
+            Kind = case maps:get(statename, R, undefined) of
+                       connection when not (Desc == 40 orelse (Desc >= 42 andalso Desc =< 49)
+                                            orelse Desc == 116) ->
+                           "TLS_ALERT";
+                       _ ->
+                           "TLS_HANDSHAKE_FAILED"
+                   end,
+            Main ! {tls_log, Kind ++ " " ++ one_line(alert_text(R))};
+        _ ->
+            ok
+    end;
+log(#{msg := {report, #{label := {gen_server, terminate}, reason := Reason}}},
+    #{config := #{main := Main}}) ->
+    case inband_failure(Reason) of
+        {true, Why} ->
+            Main ! {tls_log, "TLS_HANDSHAKE_FAILED in-band upgrade: " ++ one_line(io_lib:format("~0p", [Why]))};
+        false ->
+            ok
+    end;
+log(_, _) ->
+    ok.
+
+alert_text(R) ->
+    try
+        {Fmt, Args} = ssl_logger:format(R),
+        io_lib:format(Fmt, Args)
+    catch
+        _:_ -> io_lib:format("~0p", [R])
+    end.
+
+%% diameter_tcp:tls_handshake/3 does {ok, SSock} = ssl:connect|handshake(...).
+inband_failure({{badmatch, Why}, Stack}) when is_list(Stack) ->
+    case [x || {diameter_tcp, tls_handshake, _, _} <- Stack] of
+        [] -> false;
+        _ -> {true, Why}
+    end;
+inband_failure(_) ->
+    false.
+
+one_line(Chars) ->
+    S = lists:flatten(io_lib:format("~ts", [Chars])),
+    string:trim(lists:flatten(string:replace(string:replace(S, "\n", " ", all), "  ", " ", all))).
 
 %% ---------------------------------------------------------------------------
 %% diameter callbacks

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Writes a freeDiameterd 1.2.1 configuration for a TCP-only, TLS-less peer
-# listening on a high port, plus the acl_wl whitelist it loads.
+# Writes a freeDiameterd 1.2.1 configuration for a peer listening on a high
+# port (TCP only; TLS-less unless --tls is given), plus the acl_wl whitelist
+# it loads.
 #
 #   interop/freediameter/fd-conf.sh DIR IDENTITY PORT [OPTIONS]
 #
@@ -12,6 +13,26 @@
 #   --tc S                TcTimer in seconds (default 1)
 #   --listen-on ADDR      add ListenOn = "ADDR"; (freeDiameter ignores loopback
 #                         addresses here, see below)
+#   --tls CERT KEY CA     enable TLS: TLS_Cred = "CERT", "KEY"; TLS_CA = "CA";
+#                         (PEM files, written as absolute paths; see TLS notes)
+#   --sec-port P          SecPort = P; the TLS-first (RFC 6733) listening port
+#                         (needs --tls; default 0 = no TLS listener, even with --tls)
+#   --tls-prio S          TLS_Prio = "S"; GnuTLS priority string (needs --tls;
+#                         default: not written, freeDiameter then uses "NORMAL"),
+#                         e.g. "NORMAL:-VERS-TLS1.3" to force TLS 1.2
+#   --connect-tls ID:PORT add ConnectPeer = "ID" { ConnectTo = "127.0.0.1"; Port = PORT; };
+#                         TLS-first: TLS handshake right after the TCP connect,
+#                         then CER/CEA inside TLS (needs --tls; repeatable)
+#   --connect-inband ID:PORT
+#                         add ConnectPeer = "ID" { ConnectTo = "127.0.0.1"; Port = PORT; TLS_old_method; };
+#                         RFC 3588 in-band TLS: clear CER with Inband-Security-Id
+#                         1 (TLS) only, TLS handshake after a CEA that carries
+#                         Inband-Security-Id 1 (needs --tls; repeatable)
+#   --allow-inband DOMAIN whitelist *.DOMAIN with ALLOW_OLD_TLS only, i.e. require
+#                         in-band TLS from those peers (a separate acl_wl line;
+#                         DOMAIN must not also be covered by --allow, see below;
+#                         repeatable; when given without --allow, the realm is
+#                         no longer whitelisted by default)
 #
 # Writes DIR/IDENTITY.conf and DIR/IDENTITY.acl and prints the .conf path.
 # Run the daemon with:  freeDiameterd -c DIR/IDENTITY.conf
@@ -30,10 +51,37 @@
 #    ALLOW_IPSEC is what lets a peer whose CER carries no Inband-Security-Id or
 #    NO_INBAND_SECURITY (0) in; ALLOW_OLD_TLS covers Inband-Security-Id TLS.
 #  * TwTimer must be >= 6.
+#
+# TLS notes (freeDiameter 1.2.1 + GnuTLS 3.7.9, checked in its source and live):
+#  * TLS_Cred: the daemon refuses to start unless its own certificate verifies
+#    against TLS_CA and matches its Identity (gnutls_x509_crt_check_hostname on
+#    Identity: SAN DNS or, without SAN, CN). The CERT file must be sorted
+#    (leaf first) and so must the CA file. EC P-256 and RSA 2048 keys both
+#    work, PKCS#8 or traditional PEM, unencrypted.
+#  * TLS_Prio default "NORMAL": TLS 1.3 and 1.2 are negotiated (1.3 when the
+#    peer offers it); 1.0/1.1 are also allowed by GnuTLS's NORMAL.
+#  * As TLS server (SecPort, or in-band after its CEA) it always requires a
+#    client certificate (GNUTLS_CERT_REQUIRE) and verifies it against TLS_CA;
+#    it does NOT compare the client certificate with the CER's Origin-Host.
+#  * As TLS client (--connect-tls, --connect-inband) it sends SNI = the
+#    ConnectPeer identity and requires the server certificate to verify
+#    against TLS_CA and to match that identity (SAN DNS / CN; an IP SAN is
+#    not enough).
+#  * A peer that connects to the SecPort must still be whitelisted (ConnectPeer
+#    or acl_wl); any acl_wl flags (or none) do once TLS is in place.
+#  * In-band TLS as server (peer's CER carries Inband-Security-Id 1): the peer
+#    must be whitelisted with ALLOW_OLD_TLS and *without* ALLOW_IPSEC
+#    (--allow-inband). With both flags (what --allow writes) acl_wl downgrades
+#    to IPsec (no TLS): the CEA carries no Inband-Security-Id and the
+#    connection stays clear. Entries for the same name merge their flags, and
+#    a `*.DOMAIN` entry supersedes more specific ones, so keep --allow and
+#    --allow-inband domains disjoint.
+#  * Do not write the global `TLS_old_method;`: it would make every
+#    ConnectPeer (even --connect-tls) use in-band TLS on the given port.
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,37p' "$0" >&2
     exit 2
 fi
 dir=$1 identity=$2 port=$3
@@ -44,6 +92,13 @@ tc=1
 connects=()
 allows=()
 listen=()
+tls=()
+sec_port=0
+tls_prio=""
+connects_tls=()
+connects_inband=()
+allows_inband=()
+abspath() { printf '%s/%s' "$(cd "$(dirname "$1")" && pwd)" "$(basename "$1")"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
     --realm) realm=$2; shift 2 ;;
@@ -52,10 +107,30 @@ while [[ $# -gt 0 ]]; do
     --tw) tw=$2; shift 2 ;;
     --tc) tc=$2; shift 2 ;;
     --listen-on) listen+=("$2"); shift 2 ;;
+    --tls)
+        [[ $# -ge 4 ]] || { echo "fd-conf.sh: --tls needs CERT KEY CA" >&2; exit 2; }
+        for f in "$2" "$3" "$4"; do
+            [[ -f $f ]] || { echo "fd-conf.sh: --tls: $f: no such file" >&2; exit 2; }
+        done
+        tls=("$(abspath "$2")" "$(abspath "$3")" "$(abspath "$4")"); shift 4 ;;
+    --sec-port) sec_port=$2; shift 2 ;;
+    --tls-prio) tls_prio=$2; shift 2 ;;
+    --connect-tls) connects_tls+=("$2"); shift 2 ;;
+    --connect-inband) connects_inband+=("$2"); shift 2 ;;
+    --allow-inband) allows_inband+=("$2"); shift 2 ;;
     *) echo "fd-conf.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[[ ${#allows[@]} -gt 0 ]] || allows=("$realm")
+[[ ${#allows[@]} -gt 0 || ${#allows_inband[@]} -gt 0 ]] || allows=("$realm")
+if [[ ${#tls[@]} -eq 0 ]]; then
+    for o in sec_port:--sec-port tls_prio:--tls-prio; do
+        v=${o%%:*}
+        if [[ -n ${!v} && ${!v} != 0 ]]; then echo "fd-conf.sh: ${o#*:} needs --tls" >&2; exit 2; fi
+    done
+    if [[ ${#connects_tls[@]} -gt 0 || ${#connects_inband[@]} -gt 0 ]]; then
+        echo "fd-conf.sh: --connect-tls/--connect-inband need --tls" >&2; exit 2
+    fi
+fi
 
 acl_wl=""
 for d in /usr/lib/freeDiameter /usr/lib/x86_64-linux-gnu/freeDiameter; do
@@ -73,12 +148,22 @@ acl=$dir/$identity.acl
     printf 'ALLOW_OLD_TLS ALLOW_IPSEC'
     for d in "${allows[@]}"; do printf ' *.%s' "$d"; done
     printf '\n'
+    if [[ ${#allows_inband[@]} -gt 0 ]]; then
+        printf 'ALLOW_OLD_TLS'
+        for d in "${allows_inband[@]}"; do printf ' *.%s' "$d"; done
+        printf '\n'
+    fi
 } >"$acl"
 {
     printf 'Identity = "%s";\n' "$identity"
     printf 'Realm = "%s";\n' "$realm"
     printf 'Port = %s;\n' "$port"
-    printf 'SecPort = 0;\n'
+    printf 'SecPort = %s;\n' "$sec_port"
+    if [[ ${#tls[@]} -gt 0 ]]; then
+        printf 'TLS_Cred = "%s", "%s";\n' "${tls[0]}" "${tls[1]}"
+        printf 'TLS_CA = "%s";\n' "${tls[2]}"
+        [[ -z $tls_prio ]] || printf 'TLS_Prio = "%s";\n' "$tls_prio"
+    fi
     printf 'No_SCTP;\n'
     printf 'No_IPv6;\n'
     printf 'Prefer_TCP;\n'
@@ -88,6 +173,12 @@ acl=$dir/$identity.acl
     printf 'LoadExtension = "%s" : "%s";\n' "$acl_wl" "$acl"
     for c in "${connects[@]}"; do
         printf 'ConnectPeer = "%s" { ConnectTo = "127.0.0.1"; Port = %s; No_TLS; };\n' "${c%:*}" "${c##*:}"
+    done
+    for c in "${connects_tls[@]}"; do
+        printf 'ConnectPeer = "%s" { ConnectTo = "127.0.0.1"; Port = %s; };\n' "${c%:*}" "${c##*:}"
+    done
+    for c in "${connects_inband[@]}"; do
+        printf 'ConnectPeer = "%s" { ConnectTo = "127.0.0.1"; Port = %s; TLS_old_method; };\n' "${c%:*}" "${c##*:}"
     done
 } >"$conf"
 echo "$conf"
