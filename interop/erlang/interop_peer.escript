@@ -64,8 +64,12 @@
 %% With TLS, "TLS_UP <host> protocol=... cipher=... peer_cert=<subject>" follows
 %% PEER_UP, and a failed handshake prints "TLS_HANDSHAKE_FAILED <why>" (from
 %% OTP's TLS alert reports, or the in-band upgrade failing); an alert on an
-%% established connection prints "TLS_ALERT <why>".  OTP's own multi-line
-%% NOTICE reports still go to stdout/stderr as before.
+%% established connection prints "TLS_ALERT <why>"; a connection that went
+%% away before CER/CEA completed prints "TLS_CLOSED_BEFORE_UP <reason>" (a
+%% peer that rejects our certificate without an alert, as freeDiameterd
+%% does, shows only this).  "TLS_REARM <host>" marks the OTP 25 in-band
+%% server race worked around (see rearm/2).  OTP's own NOTICE/ERROR reports
+%% still go to stdout as before.
 %%
 %% Everything is bounded: the client gives up after 15 s without a peer.
 -module(interop_peer).

@@ -72,10 +72,16 @@
 #  * In-band TLS as server (peer's CER carries Inband-Security-Id 1): the peer
 #    must be whitelisted with ALLOW_OLD_TLS and *without* ALLOW_IPSEC
 #    (--allow-inband). With both flags (what --allow writes) acl_wl downgrades
-#    to IPsec (no TLS): the CEA carries no Inband-Security-Id and the
-#    connection stays clear. Entries for the same name merge their flags, and
+#    to IPsec (no TLS): the CEA carries no Inband-Security-Id, so the link
+#    would stay clear (OTP's diameter refuses it: no_common_security). Entries for the same name merge their flags, and
 #    a `*.DOMAIN` entry supersedes more specific ones, so keep --allow and
 #    --allow-inband domains disjoint.
+#  * A rejected TLS peer gets no alert: the socket is just closed (with TLS
+#    1.3 the client has already finished its side of the handshake by then).
+#  * freeDiameterd 1.2.1 aborts (p_psm.c:447: Assertion `cur_state !=
+#    STATE_OPEN_HANDSHAKE' failed) when an in-band TLS handshake fails, as
+#    client or as server (e.g. untrusted or misnamed certificate). Failed
+#    TLS-first handshakes are logged and survived.
 #  * Do not write the global `TLS_old_method;`: it would make every
 #    ConnectPeer (even --connect-tls) use in-band TLS on the given port.
 set -euo pipefail
