@@ -395,8 +395,14 @@ impl PeerTask {
         for _ in 0..4 {
             let link = &mut self.links[i];
             let want = link.read_chunk;
-            if link.rbuf.capacity() - link.rbuf.len() < want / 2 {
-                link.rbuf.reserve(want);
+            let room = link.rbuf.capacity() - link.rbuf.len();
+            match unfinished_frame(&link.rbuf) {
+                // The decoder made room for the whole frame: ask for what
+                // it still lacks, never a doubling of a large buffer.
+                Some(rest) if room < rest.min(want) => link.rbuf.reserve(rest.min(want)),
+                Some(_) => {}
+                None if room < want / 2 => link.rbuf.reserve(want),
+                None => {}
             }
             let room = link.rbuf.capacity() - link.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut link.stream), cx, &mut link.rbuf) {
@@ -431,9 +437,11 @@ impl PeerTask {
         let id = self.links[i].id;
         let mut rbuf = std::mem::take(&mut self.links[i].rbuf);
         let mut decoder = FrameDecoder::with_max_size(self.node.config.connection.max_message_size);
+        let mut decoded = false;
         loop {
             match decoder.decode_frame(&mut rbuf) {
                 Ok(Some(msg)) => {
+                    decoded = true;
                     self.on_message(id, msg, now);
                     if self.machine.inband_tls(id) {
                         // The CEA agreed in-band TLS: what follows it is the
@@ -471,7 +479,8 @@ impl PeerTask {
             l.rbuf = rbuf;
             if partial == 0 {
                 l.partial_since = None;
-            } else if l.partial_since.is_none() {
+            } else if decoded || l.partial_since.is_none() {
+                // A new message began in this read.
                 l.partial_since = Some(now);
             }
             if !self.node.budget.recharge(&mut l.charged, partial) {
@@ -1303,6 +1312,13 @@ impl PeerTask {
             retire();
         }
     }
+}
+
+/// How many bytes the frame at the start of `rbuf` still lacks, once its
+/// header's length is in (`None` before that, or when it is complete).
+fn unfinished_frame(rbuf: &BytesMut) -> Option<usize> {
+    let len = rbuf.get(1..4).map(|b| u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize)?;
+    len.checked_sub(rbuf.len()).filter(|&rest| rest > 0)
 }
 
 /// Reads a stream until one whole frame is in `rbuf` (the inbound CER),

@@ -164,9 +164,13 @@ impl BufferBudget {
             }
             O::Greater => {
                 let more = want - *charged;
-                let before = self.used.fetch_add(more, Ordering::AcqRel);
-                if before + more > self.max {
-                    self.used.fetch_sub(more, Ordering::AcqRel);
+                // Never above the cap, not even for a moment: a connection
+                // checking meanwhile must not be refused for bytes that were
+                // never held.
+                let taken = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    used.checked_add(more).filter(|&n| n <= self.max)
+                });
+                if taken.is_err() {
                     return false;
                 }
                 *charged = want;
