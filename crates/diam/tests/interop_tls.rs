@@ -218,7 +218,7 @@ fn probe_tls(test: &str, what: &str, args: &[String]) -> serde_json::Value {
     r
 }
 
-fn fd_tls_args<'a>(files: &TlsFiles, identity: &str, sec_port: u16, extra: &[&'a str]) -> Vec<String> {
+fn fd_tls_args(files: &TlsFiles, identity: &str, sec_port: u16, extra: &[&str]) -> Vec<String> {
     let (cert, key) = files.leaf(identity);
     let mut a = vec![
         "--tls".to_string(),
