@@ -416,3 +416,21 @@ async fn reloaded_credentials_apply_to_new_connections_only() {
     assert_eq!(established.send(ccr(CLIENT)).await.unwrap().get(avps::RESULT_CODE).unwrap(), Some(2001));
     assert_eq!(server.served.load(Ordering::SeqCst), 2);
 }
+
+/// In-band TLS checks the certificate too, once TLS is up: a client whose
+/// certificate names another identity than its Origin-Host is closed
+/// before its request is served.
+#[tokio::test]
+async fn in_band_tls_with_a_certificate_for_another_identity_is_closed() {
+    let pki = Pki::new("Test CA");
+    let server = Server::start(&pki, true).await;
+    let c = client(&pki, &pki.leaf(&["other.tls.test"]), CLIENT, true);
+    let outcome = match c.connect_to(SERVER, plain(server.tcp_addr)).await {
+        Ok(peer) => peer.send(ccr(CLIENT)).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(outcome.is_err(), "a request went through");
+    assert_eq!(server.served.load(Ordering::SeqCst), 0);
+    let back = server.node.peer(CLIENT);
+    assert!(back.is_none_or(|p| p.tls().is_none()), "the server kept a TLS connection to the impostor");
+}

@@ -739,3 +739,101 @@ fn election_comparison_is_octet_order() {
     assert!(wins_election("aa", "a"), "a longer identity with the same prefix succeeds it");
     assert!(!wins_election("same", "same"), "equal identities: nobody wins");
 }
+
+fn inband_machine(host: &str, inband_tls: bool) -> PeerMachine {
+    let mut c = (*config(host, &[4])).clone();
+    c.inband_tls = inband_tls;
+    PeerMachine::new(Arc::new(c), PeerSettings::default(), None, IdGenerator::new(1_700_000_000, 42), 1)
+}
+
+fn inband_ids(m: &Message) -> Vec<u32> {
+    m.get_all(avps::INBAND_SECURITY_ID).filter_map(Result::ok).collect()
+}
+
+#[test]
+fn in_band_tls_offer_and_choice_follow_rfc_3588_section_6_10() {
+    let plain = |ids: &[u32]| {
+        let mut b = Message::request(0, commands::CAPABILITIES_EXCHANGE).avp(avps::ORIGIN_HOST, "p.example.net");
+        for id in ids {
+            b = b.avp(avps::INBAND_SECURITY_ID, *id);
+        }
+        b.build()
+    };
+    let none = (*config("a", &[4])).clone();
+    let tls = PeerConfig { inband_tls: true, ..none.clone() };
+    assert_eq!(inband_offer(&plain(&[])), (true, false), "absent means NO_INBAND_SECURITY");
+    assert_eq!(inband_offer(&plain(&[0, 1])), (true, true));
+    assert_eq!(inband_choice(&none, &plain(&[]), false), Ok(false));
+    assert_eq!(inband_choice(&none, &plain(&[0, 1]), false), Ok(false));
+    assert_eq!(inband_choice(&none, &plain(&[1]), false), Err(5017), "TLS only, to a node without it");
+    assert_eq!(inband_choice(&tls, &plain(&[0, 1]), false), Ok(true));
+    assert_eq!(inband_choice(&tls, &plain(&[0]), false), Err(5017), "a node requiring TLS");
+    assert_eq!(inband_choice(&tls, &plain(&[0]), true), Ok(false), "TLS-first needs nothing more");
+    assert_eq!(inband_choice(&none, &plain(&[1]), true), Ok(false));
+}
+
+#[test]
+fn in_band_tls_is_offered_agreed_and_required() {
+    let t0 = Instant::now();
+    // Initiator requiring TLS: the CER offers TLS only; a CEA with TLS
+    // agrees; the link is marked for the upgrade.
+    let mut m = inband_machine("client.example.com", true);
+    m.connect(t0);
+    let link = dial_of(&events(&mut m));
+    m.handle_dialled(link, LOCAL, t0);
+    let (_, cer) = transmits(&mut m).pop().expect("CER");
+    assert_eq!(inband_ids(&cer), vec![INBAND_TLS]);
+    let cea = {
+        let b = Message::answer_to(&cer).avp(avps::RESULT_CODE, 2001u32);
+        let peer = (*config("server.example.net", &[4])).clone();
+        capabilities_with(&peer, b, Some(LOCAL), INBAND_TLS).build()
+    };
+    m.handle_message(link, cea, t0);
+    assert!(m.inband_tls(link));
+    assert_eq!(m.state(), PeerState::Open);
+
+    // The same CEA without TLS closes the link.
+    let mut m = inband_machine("client.example.com", true);
+    m.connect(t0);
+    let link = dial_of(&events(&mut m));
+    m.handle_dialled(link, LOCAL, t0);
+    let (_, cer) = transmits(&mut m).pop().expect("CER");
+    m.handle_message(link, cea_for(&cer, 2001, "server.example.net"), t0);
+    assert!(!m.inband_tls(link));
+    assert_ne!(m.state(), PeerState::Open);
+    assert!(events(&mut m).iter().any(|e| matches!(e, Event::CloseLink { reason: CloseReason::Tls { .. }, .. })));
+
+    // A TLS-first link offers no in-band TLS.
+    let mut m = inband_machine("client.example.com", true);
+    m.connect(t0);
+    let link = dial_of(&events(&mut m));
+    m.set_secure(link);
+    m.handle_dialled(link, LOCAL, t0);
+    let (_, cer) = transmits(&mut m).pop().expect("CER");
+    assert_eq!(inband_ids(&cer), vec![INBAND_NONE]);
+
+    // Responder requiring TLS: a CER offering it gets a CEA with TLS; one
+    // without gets 5017.
+    let mut r = inband_machine("server.example.com", true);
+    let offered = Message::request(0, commands::CAPABILITIES_EXCHANGE)
+        .hop_by_hop(5)
+        .avp(avps::ORIGIN_HOST, "client.example.net")
+        .avp(avps::ORIGIN_REALM, "example.net")
+        .avp(avps::HOST_IP_ADDRESS, LOCAL)
+        .avp(avps::VENDOR_ID, 0u32)
+        .avp(avps::PRODUCT_NAME, "peer")
+        .avp(avps::AUTH_APPLICATION_ID, 4u32)
+        .avp(avps::INBAND_SECURITY_ID, INBAND_TLS)
+        .build();
+    let info = PeerInfo::from_message(&offered).unwrap();
+    let link = r.handle_inbound(offered, info, LOCAL, t0).expect("accepted");
+    let (_, cea) = transmits(&mut r).pop().expect("CEA");
+    assert_eq!(cea.get(avps::RESULT_CODE).unwrap(), Some(2001));
+    assert_eq!(inband_ids(&cea), vec![INBAND_TLS]);
+    assert!(r.inband_tls(link));
+    let mut r = inband_machine("server.example.com", true);
+    let cer = cer_from("client.example.net", 1);
+    let info = PeerInfo::from_message(&cer).unwrap();
+    let refused = r.handle_inbound(cer, info, LOCAL, t0).expect_err("refused");
+    assert_eq!(refused.get(avps::RESULT_CODE).unwrap(), Some(5017));
+}
