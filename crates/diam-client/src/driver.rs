@@ -394,15 +394,18 @@ impl PeerTask {
         let mut progress = false;
         for _ in 0..4 {
             let link = &mut self.links[i];
+            if !matches!(link.upgrade, Upgrade::None) {
+                // In-band TLS was just agreed: the rest is the handshake's.
+                return progress;
+            }
             let want = link.read_chunk;
             let room = link.rbuf.capacity() - link.rbuf.len();
-            match unfinished_frame(&link.rbuf) {
-                // The decoder made room for the whole frame: ask for what
-                // it still lacks, never a doubling of a large buffer.
-                Some(rest) if room < rest.min(want) => link.rbuf.reserve(rest.min(want)),
-                Some(_) => {}
-                None if room < want / 2 => link.rbuf.reserve(want),
-                None => {}
+            // A large frame the decoder already made room for: read into
+            // that room, never double a large buffer for its last bytes.
+            let fits =
+                link.rbuf.capacity() > MAX_READ_CHUNK && unfinished_frame(&link.rbuf).is_some_and(|rest| rest <= room);
+            if !fits && room < want / 2 {
+                link.rbuf.reserve(want);
             }
             let room = link.rbuf.capacity() - link.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut link.stream), cx, &mut link.rbuf) {
@@ -434,6 +437,9 @@ impl PeerTask {
 
     /// Handles every whole frame in link `i`'s read buffer.
     fn decode(&mut self, i: usize, now: Instant) {
+        if !matches!(self.links[i].upgrade, Upgrade::None) {
+            return;
+        }
         let id = self.links[i].id;
         let mut rbuf = std::mem::take(&mut self.links[i].rbuf);
         let mut decoder = FrameDecoder::with_max_size(self.node.config.connection.max_message_size);

@@ -20,7 +20,13 @@
 //!   malformed answer fails only its own request; only a corrupt stream
 //!   closes a connection.
 //! * [`transport`]: the task runs over any byte stream; [`Connector`] and
-//!   [`Acceptor`] open and accept them (TCP here).
+//!   [`Acceptor`] open and accept them: TCP, and TLS-first in [`tls`]
+//!   (mutual authentication, the certificate checked against the peer's
+//!   DiameterIdentity, credential reload). In-band TLS (Inband-Security-Id
+//!   1) starts on the peer's task right after the CEA.
+//! * Inbound connections are bounded (in all, per source address, waiting
+//!   for their CER) and so are the bytes all of them hold for unfinished
+//!   messages; a message must complete within a deadline once begun.
 //! * [`AddressClient`]: the seed's client keyed by address: one connection
 //!   per address, single-flight establishment, cleanup the moment a
 //!   connection fails, reconnection with backoff, idle and lifetime limits,
@@ -35,7 +41,9 @@
 //!
 //! Dependencies: `tokio` (runtime, sockets, timers, channels), `tokio-util`
 //! (reading into a `BytesMut` from a poll loop), `bytes`, `tracing` for
-//! logs, `thiserror` for errors, `metrics` for counters, and this
+//! logs, `thiserror` for errors, `metrics` for counters, `rustls` (ring
+//! provider) through `tokio-rustls` for TLS, `x509-parser` for certificate
+//! subjects and names in reports, and this
 //! workspace's `diam-proto` (the protocol) and `diam-link` (backoff,
 //! events, health monitoring, circuit breakers, balancing, failover).
 #![warn(missing_docs)]

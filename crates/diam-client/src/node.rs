@@ -915,7 +915,7 @@ fn refuse(
     failed: Option<(u32, &[u8])>,
 ) {
     let host = cer.get(avps::ORIGIN_HOST).ok().flatten();
-    tracing::debug!(remote = ?conn.remote, origin_host = ?host.map(Escaped), result_code, why, "inbound CER refused");
+    tracing::debug!(remote = ?conn.remote, origin_host = %Escaped(host.unwrap_or("")), result_code, why, "inbound CER refused");
     refused(node, conn.remote, host, why, Some(result_code));
     let cea = refusal(node, &conn, cer, result_code, failed);
     close_stream(conn.stream, BytesMut::from(cea.as_bytes()), node.config.connection.write_timeout);

@@ -63,6 +63,21 @@ pub enum TlsError {
 /// its peers' certificates must chain to. One value gives both the client
 /// side (dialling `aaas://` peers, in-band TLS as initiator) and the server
 /// side (TLS listeners, in-band TLS as responder).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::path::Path;
+/// use diam_client::{Node, NodeConfig, TlsConfig};
+/// let tls = TlsConfig::from_pem_files(Path::new("hss.pem"), Path::new("hss.key"), Path::new("ca.pem"))?;
+/// let node = Node::builder(NodeConfig::new("hss.example.net", "example.net"))
+///     .tls(tls)
+///     .allow("*.mme.example.net")
+///     .build()?;
+/// node.listen_tls("0.0.0.0:5658".parse()?).await?;
+/// // Dialled TLS first; its certificate must name pcrf.example.net.
+/// let pcrf = node.add_peer("pcrf.example.net", ["aaas://pcrf.example.net".parse()?])?;
+/// # let _ = pcrf; Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct TlsConfig {
     client: Arc<ClientConfig>,
