@@ -31,7 +31,7 @@ tls=$(grep -o '"tls_addr":"[^"]*"' serve.out | cut -d'"' -f4)
 tlsargs=(--tls-cert client.pem --tls-key client.key --tls-ca ca.pem)
 for i in $(seq "$pairs"); do
   for mode in plain tls; do
-    if [ $mode = tls ]; then peer="server.bench.test=aaas://$tls"; extra=("${tlsargs[@]}"); else peer=$plain; extra=(); fi
+    if [ $mode = tls ]; then peer="aaas://$tls"; extra=("${tlsargs[@]}"); else peer=$plain; extra=(); fi
     $D bench --peer "$peer" "${extra[@]}" --inflight 256 --duration "$secs" --json \
       --origin-host client.bench.test --origin-realm bench.test >$mode.$i.json
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], sys.argv[3], d['rps'], 'req/s, errors', d['errors_total'], 'timeouts', d['timeouts'], 'p50/p99 us', d['latency_us']['p50'], d['latency_us']['p99'])" $mode.$i.json $mode $i
