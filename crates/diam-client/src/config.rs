@@ -43,8 +43,10 @@ pub struct ConnectionConfig {
     pub drain_timeout: Duration,
     /// TCP_NODELAY. Default true (Diameter is request/answer traffic).
     pub nodelay: bool,
-    /// Once a message's header has arrived, the rest must follow within
-    /// this, or the connection is closed (a peer drip-feeding a message
+    /// Once a message's first bytes have arrived, the rest must follow
+    /// within this, or the connection is closed (the clock restarts with
+    /// each new message, and waits while we do not read because the peer
+    /// is slow to take our answers) (a peer drip-feeding a message
     /// would otherwise hold its buffer until the watchdog gives up, about
     /// 2 minutes). Default 10 s: a 1 MiB message needs under 1 Mbit/s.
     pub message_timeout: Duration,

@@ -100,6 +100,13 @@ struct LinkIo {
     charged: usize,
     /// Since when a message has been arriving (its first bytes are in).
     partial_since: Option<Instant>,
+    /// Our CEA on an inbound link agreeing in-band TLS: the one message
+    /// written in the clear before the handshake (anything else waits in
+    /// `wbuf` for TLS).
+    clear: BytesMut,
+    /// The capabilities exchange completed, but in-band TLS and its
+    /// certificate check have not: the peer is announced once they have.
+    deferred_up: Option<Box<(Direction, PeerInfo, Vec<u32>)>>,
 }
 
 impl LinkIo {
@@ -119,6 +126,8 @@ impl LinkIo {
             read_chunk: READ_CHUNK,
             charged: 0,
             partial_since: None,
+            clear: BytesMut::new(),
+            deferred_up: None,
         }
     }
 }
@@ -290,6 +299,10 @@ impl PeerTask {
             }
             if self.links[i].wbuf.len() < MAX_COALESCE {
                 progress |= self.poll_read(i, cx, now);
+            } else if let Some(t) = self.links[i].partial_since.as_mut() {
+                // We do not read while the peer is slow to take our answers:
+                // its message is not late for that.
+                *t = now;
             }
             i += 1;
         }
@@ -299,6 +312,9 @@ impl PeerTask {
                 match self.inbound.poll_recv(cx) {
                     Poll::Ready(Some(inb)) => {
                         self.on_inbound(inb, now);
+                        // Our CEA goes into the write buffer before any
+                        // request taken below.
+                        self.process(now);
                         progress = true;
                     }
                     Poll::Ready(None) => {
@@ -521,7 +537,10 @@ impl PeerTask {
                 tracing::debug!(peer = %Escaped(&identity), version = info.version, "in-band TLS up");
                 let info = Arc::new(info);
                 link.tls = Some(info.clone());
-                if self.machine.active_link() == Some(id) {
+                if let Some(up) = link.deferred_up.take() {
+                    let (direction, peer, applications) = *up;
+                    self.announce_up(id, direction, peer, applications);
+                } else if self.machine.active_link() == Some(id) {
                     *lock(&self.shared.tls) = Some(info);
                     if let Some(m) = lock(&self.shared.link).as_mut() {
                         m.transport = TransportKind::Tls;
@@ -555,8 +574,9 @@ impl PeerTask {
         l.partial_since = None;
         self.node.budget.release(&mut l.charged);
         let outbound = l.meta.direction == Direction::Outbound;
-        // Our CEA goes out in the clear, before the handshake.
-        let clear = if outbound { BytesMut::new() } else { std::mem::take(&mut l.wbuf) };
+        // Our CEA goes out in the clear, before the handshake; all else
+        // waits for TLS.
+        let clear = std::mem::take(&mut l.clear);
         let server_name = self.info.as_ref().map(|i| i.origin_host.clone()).unwrap_or_default();
         let c = &self.node.config.connection;
         let (timeout, pause) = (c.peer.cer_timeout, c.inband_tls_pause);
@@ -719,7 +739,16 @@ impl PeerTask {
 
     fn write_msg(&mut self, link: LinkId, msg: &Message) {
         let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
-        l.wbuf.extend_from_slice(msg.as_bytes());
+        let clear_cea = matches!(l.upgrade, Upgrade::Awaiting)
+            && l.meta.direction == Direction::Inbound
+            && l.clear.is_empty()
+            && !msg.is_request()
+            && msg.command_code() == diam_proto::commands::CAPABILITIES_EXCHANGE;
+        if clear_cea {
+            l.clear.extend_from_slice(msg.as_bytes());
+        } else {
+            l.wbuf.extend_from_slice(msg.as_bytes());
+        }
         self.shared.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.shared.counters.bytes_sent.fetch_add(msg.len() as u64, Ordering::Relaxed);
     }
@@ -792,20 +821,25 @@ impl PeerTask {
     }
 
     fn on_up(&mut self, link: LinkId, direction: Direction, info: PeerInfo, applications: Vec<u32>) {
-        let (meta, tls) = match self.links.iter_mut().find(|l| l.id == link) {
-            Some(l) => {
-                l.up = true;
-                l.meta.direction = direction;
-                if matches!(l.upgrade, Upgrade::Awaiting) {
-                    // It will be TLS, or closed.
-                    l.meta.transport = TransportKind::Tls;
-                }
-                (l.meta, l.tls.clone())
-            }
-            None => return,
+        let Some(l) = self.links.iter_mut().find(|l| l.id == link) else { return };
+        l.up = true;
+        l.meta.direction = direction;
+        if matches!(l.upgrade, Upgrade::Awaiting) {
+            // In-band TLS first: the peer is announced (events, identity
+            // table) only once TLS is up and its certificate names it.
+            l.meta.transport = TransportKind::Tls;
+            l.deferred_up = Some(Box::new((direction, info.clone(), applications)));
+            self.info = Some(Arc::new(info));
+            self.start_upgrade(link);
+            return;
+        }
+        self.announce_up(link, direction, info, applications);
+    }
+
+    fn announce_up(&mut self, link: LinkId, direction: Direction, info: PeerInfo, applications: Vec<u32>) {
+        let Some((meta, tls)) = self.links.iter().find(|l| l.id == link).map(|l| (l.meta, l.tls.clone())) else {
+            return;
         };
-        self.info = Some(Arc::new(info.clone()));
-        self.start_upgrade(link);
         tracing::info!(
             peer = %Escaped(&info.origin_host),
             direction = direction.as_str(),
@@ -915,7 +949,11 @@ impl PeerTask {
         }
         let _ = now;
         let wbuf = match reason {
-            CloseReason::TransportClosed | CloseReason::WriteTimeout => BytesMut::new(),
+            // Nothing more for a peer whose TLS or certificate failed.
+            CloseReason::TransportClosed
+            | CloseReason::WriteTimeout
+            | CloseReason::Tls { .. }
+            | CloseReason::CertificateMismatch { .. } => BytesMut::new(),
             _ => io.wbuf,
         };
         close_stream(io.stream, wbuf, self.node.config.connection.write_timeout);

@@ -1007,7 +1007,7 @@ impl GroupInner {
                 Err(Unanswered { error: Error::ConnectionLost(reason), written: Some(e2e) })
                     if more && retryable && self.config.retransmit && !retransmitted =>
                 {
-                    tracing::debug!(peer = %self.members[member].peer.shared.label(), %reason, end_to_end = e2e, "retransmitting");
+                    tracing::debug!(peer = %diam_proto::Escaped(&self.members[member].peer.shared.label()), %reason, end_to_end = e2e, "retransmitting");
                     message = message.retransmission(e2e);
                     retransmitted = true;
                 }

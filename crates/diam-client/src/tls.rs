@@ -202,7 +202,15 @@ impl fmt::Debug for KeyLogToFile {
 impl KeyLogToFile {
     /// Opens (creates, appends to) `path`.
     pub fn open(path: &Path) -> io::Result<KeyLogToFile> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Secrets: readable by the owner only.
+            options.mode(0o600);
+        }
+        let file = options.open(path)?;
         Ok(KeyLogToFile { file: Mutex::new(file) })
     }
 }
@@ -322,8 +330,9 @@ impl TlsInfo {
     }
 
     /// Whether the peer's certificate names `identity` in a DNS
-    /// subjectAltName (wildcards as RFC 6125 allows them), as rustls checks
-    /// a server name.
+    /// subjectAltName, as rustls checks a server name. A wildcard SAN
+    /// (`*.example.net`) names every identity one label under it: issue
+    /// such certificates only to peers trusted with all of them.
     pub fn names_identity(&self, identity: &str) -> bool {
         let Some(der) = self.peer_certificates.first() else { return false };
         let Ok(name) = ServerName::try_from(identity) else { return false };

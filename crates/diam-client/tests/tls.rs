@@ -434,3 +434,112 @@ async fn in_band_tls_with_a_certificate_for_another_identity_is_closed() {
     let back = server.node.peer(CLIENT);
     assert!(back.is_none_or(|p| p.tls().is_none()), "the server kept a TLS connection to the impostor");
 }
+
+/// A raw in-band TLS client: CER offering TLS, the CEA in the clear, then
+/// TLS on the same socket.
+async fn raw_inband(
+    addr: std::net::SocketAddr,
+    cfg: &TlsConfig,
+) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, Message)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let cer = Message::request(0, 257)
+        .hop_by_hop(7)
+        .end_to_end(7)
+        .avp(avps::ORIGIN_HOST, CLIENT)
+        .avp(avps::ORIGIN_REALM, "tls.test")
+        .avp(avps::HOST_IP_ADDRESS, std::net::IpAddr::from([127, 0, 0, 1]))
+        .avp(avps::VENDOR_ID, 0u32)
+        .avp(avps::PRODUCT_NAME, "raw")
+        .avp(avps::AUTH_APPLICATION_ID, 4u32)
+        .avp(avps::INBAND_SECURITY_ID, 1u32)
+        .build();
+    s.write_all(cer.as_bytes()).await?;
+    // Read the CEA byte by byte: nothing past it may be consumed here.
+    let mut buf = BytesMut::new();
+    let cea = loop {
+        if buf.len() >= 4 {
+            let len = u32::from_be_bytes([0, buf[1], buf[2], buf[3]]) as usize;
+            if buf.len() == len {
+                break Message::decode(buf.split().freeze()).map_err(std::io::Error::other)?;
+            }
+        }
+        let mut b = [0u8; 1];
+        tokio::time::timeout(STEP, s.read_exact(&mut b)).await.map_err(std::io::Error::other)??;
+        buf.extend_from_slice(&b);
+    };
+    let name = rustls::pki_types::ServerName::try_from(SERVER).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg.client().clone()).connect(name, s).await?;
+    Ok((tls, cea))
+}
+
+/// After a connection lost uncleanly, the peer's watchdog opens the next
+/// one with a REOPEN DWR: over in-band TLS it must wait for the handshake,
+/// never precede it in the clear.
+#[tokio::test]
+async fn in_band_tls_reconnect_after_an_unclean_loss_sends_nothing_in_the_clear() {
+    let pki = Pki::new("Test CA");
+    let server = Server::start(&pki, true).await;
+    let cfg = tls(&pki, &pki.leaf(&[CLIENT]));
+    let (first, cea) = raw_inband(server.tcp_addr, &cfg).await.expect("first in-band connection");
+    assert_eq!(cea.get(avps::RESULT_CODE).unwrap(), Some(2001));
+    let peer = server.node.peer(CLIENT).expect("the client is a peer");
+    drop(first); // no DPR: an unclean loss
+    let deadline = tokio::time::Instant::now() + STEP;
+    while peer.state() == diam_client::PeerState::Open {
+        assert!(tokio::time::Instant::now() < deadline, "the server never noticed the loss");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut second, cea) = raw_inband(server.tcp_addr, &cfg).await.expect("the handshake after a reconnect");
+    assert_eq!(cea.get(avps::RESULT_CODE).unwrap(), Some(2001));
+    // The REOPEN DWR arrives inside TLS.
+    let mut buf = BytesMut::new();
+    let mut dec = FrameDecoder::new();
+    let dwr = loop {
+        if let Some(m) = dec.decode(&mut buf).unwrap() {
+            break m;
+        }
+        let n = tokio::time::timeout(STEP, second.read_buf(&mut buf)).await.expect("a message over TLS").unwrap();
+        assert!(n > 0, "closed");
+    };
+    assert_eq!(dwr.command_code(), 280, "the first message over TLS");
+    assert!(dwr.is_request());
+}
+
+/// A server whose CEA claims an identity its certificate does not name
+/// (in-band, dialled by address): the connection fails, and the claimed
+/// identity is neither announced nor entered in the peer table.
+#[tokio::test]
+async fn an_in_band_impostor_is_never_announced_or_learned() {
+    let pki = Pki::new("Test CA");
+    let mut cfg = config("hss.tls.test");
+    cfg.connection.peer.inband_tls = true;
+    let impostor = Node::builder(cfg).allow("*.tls.test").tls(tls(&pki, &pki.leaf(&[SERVER]))).build().unwrap();
+    let addr = impostor.listen_tcp("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let c = client(&pki, &pki.leaf(&[CLIENT]), CLIENT, true);
+    let (ups, downs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (u, d) = (ups.clone(), downs.clone());
+    let _sub = c.events().subscribe(EventKind::Custom, move |ev: &Event| {
+        if let EventData::Custom(x) = ev.data() {
+            if x.downcast_ref::<diam_client::events::PeerUp>().is_some() {
+                u.fetch_add(1, Ordering::SeqCst);
+            }
+            if x.downcast_ref::<diam_client::events::PeerDown>().is_some() {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let h = c.add_address_peer(plain(addr)).unwrap();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !h.last_error().is_some_and(|e| e.is_tls()) {
+        assert!(tokio::time::Instant::now() < deadline, "no TLS failure: {:?}", h.last_error());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(c.peer("hss.tls.test").is_none(), "the impostor's identity was learned");
+    // Events are delivered in order: once the peer_down is in, a peer_up
+    // would have been too.
+    while downs.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no peer_down");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ups.load(Ordering::SeqCst), 0, "the impostor was announced");
+}

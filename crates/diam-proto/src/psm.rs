@@ -1277,10 +1277,18 @@ impl PeerMachine {
             let message = cea.get(avps::ERROR_MESSAGE).ok().flatten().map(str::to_string);
             return self.cea_failed(link, CloseReason::HandshakeFailed { result_code, message }, now);
         }
+        if cea.get_all(avps::ORIGIN_HOST).count() != 1 {
+            let reason = CloseReason::ProtocolError("a CEA must carry exactly one Origin-Host".into());
+            return self.cea_failed(link, reason, now);
+        }
         let info = match PeerInfo::from_message(cea) {
-            Ok(info) if !info.origin_host.is_empty() && !info.origin_realm.is_empty() => info,
+            Ok(info) if crate::peer::is_identity(&info.origin_host) && crate::peer::is_identity(&info.origin_realm) => {
+                info
+            }
             Ok(_) => {
-                let reason = CloseReason::ProtocolError("CEA without Origin-Host or Origin-Realm".into());
+                let reason = CloseReason::ProtocolError(
+                    "CEA without an Origin-Host and Origin-Realm that are DiameterIdentities".into(),
+                );
                 return self.cea_failed(link, reason, now);
             }
             Err(e) => return self.cea_failed(link, CloseReason::ProtocolError(format!("CEA: {e}")), now),

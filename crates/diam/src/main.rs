@@ -146,8 +146,9 @@ impl Default for TuningArgs {
 #[derive(Debug, Clone, Args, Default)]
 pub(crate) struct TlsArgs {
     /// Our certificate chain (PEM, ours first). With --tls-key and
-    /// --tls-ca: `aaas://` peers are dialled with TLS, and peers must
-    /// present a certificate from that CA naming their Origin-Host (mutual
+    /// --tls-ca: `aaas://` peers are dialled with TLS, and on every TLS
+    /// connection (TLS-first, or in-band with --inband-tls) the peer must
+    /// present a certificate from that CA naming its Origin-Host (mutual
     /// authentication).
     #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
     pub(crate) tls_cert: Option<PathBuf>,

@@ -82,7 +82,11 @@ pub(crate) fn load_tls(tls: &TlsArgs) -> Result<Option<diam_client::TlsConfig>, 
         let log = diam_client::tls::KeyLogToFile::open(path)
             .map_err(|e| Failure::input(format!("--tls-keylog {}: {e}", path.display())))?;
         config = config.with_key_log(Arc::new(log));
-    } else if std::env::var_os("SSLKEYLOGFILE").is_some() {
+    } else if let Some(path) = std::env::var_os("SSLKEYLOGFILE") {
+        eprintln!(
+            "diam: warning: SSLKEYLOGFILE is set: TLS session secrets go to {} (debugging only)",
+            std::path::Path::new(&path).display()
+        );
         config = config.with_key_log(Arc::new(rustls::KeyLogFile::new()));
     }
     Ok(Some(config))

@@ -837,3 +837,32 @@ fn in_band_tls_is_offered_agreed_and_required() {
     let refused = r.handle_inbound(cer, info, LOCAL, t0).expect_err("refused");
     assert_eq!(refused.get(avps::RESULT_CODE).unwrap(), Some(5017));
 }
+
+#[test]
+fn a_cea_with_two_origin_hosts_or_a_bad_one_fails_the_connection() {
+    let t0 = Instant::now();
+    for hosts in [&["mme1.example.net", "hss.example.net"][..], &["bad host!.example.net"][..]] {
+        let mut m = machine("client.example.com", None);
+        m.connect(t0);
+        let link = dial_of(&events(&mut m));
+        m.handle_dialled(link, LOCAL, t0);
+        let (_, cer) = transmits(&mut m).pop().expect("CER");
+        let mut b = Message::answer_to(&cer).avp(avps::RESULT_CODE, 2001u32);
+        for h in hosts {
+            b = b.avp(avps::ORIGIN_HOST, *h);
+        }
+        let cea = b
+            .avp(avps::ORIGIN_REALM, "example.net")
+            .avp(avps::HOST_IP_ADDRESS, LOCAL)
+            .avp(avps::VENDOR_ID, 0u32)
+            .avp(avps::PRODUCT_NAME, "peer")
+            .avp(avps::AUTH_APPLICATION_ID, 4u32)
+            .build();
+        m.handle_message(link, cea, t0);
+        assert_ne!(m.state(), PeerState::Open, "{hosts:?}");
+        assert!(
+            events(&mut m).iter().any(|e| matches!(e, Event::CloseLink { reason: CloseReason::ProtocolError(_), .. })),
+            "{hosts:?}"
+        );
+    }
+}
