@@ -3,7 +3,7 @@
 #
 # Installs the real peers when they are missing (Debian packages, needs
 # root for apt-get): freeDiameterd, tshark, Wireshark's dictionaries and
-# Erlang/OTP diameter. With the peers required (DIAM_REQUIRE_PEERS=1, set
+# Erlang/OTP diameter and ssl. With the peers required (DIAM_REQUIRE_PEERS=1, set
 # here), an interop test whose peer is missing fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ command -v tshark >/dev/null || packages+=(tshark)
 [ -f /usr/share/wireshark/diameter/dictionary.xml ] || packages+=(libwireshark-data)
 command -v erl >/dev/null || packages+=(erlang-base)
 command -v diameterc >/dev/null || packages+=(erlang-diameter erlang-dev)
+ls /usr/lib/erlang/lib/ssl-* >/dev/null 2>&1 || packages+=(erlang-ssl)
 command -v tcpdump >/dev/null || packages+=(tcpdump)
 
 if [ ${#packages[@]} -gt 0 ]; then
