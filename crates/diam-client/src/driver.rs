@@ -762,7 +762,7 @@ impl PeerTask {
             Event::Dial { link } => self.start_dial(link, now),
             Event::StateChanged { from, to } => {
                 tracing::debug!(peer = %Escaped(&self.shared.label()), from = from.name(), to = to.name(), "peer state");
-                self.shared.set_state(to);
+                self.shared.set_state(self.shown_state(to));
             }
             Event::Up { link, direction, info, applications } => self.on_up(link, direction, *info, applications),
             Event::Down { reason } => self.on_down(reason),
@@ -831,9 +831,21 @@ impl PeerTask {
             l.deferred_up = Some(Box::new((direction, info.clone(), applications)));
             self.info = Some(Arc::new(info));
             self.start_upgrade(link);
+            self.shared.set_state(self.shown_state(self.machine.state()));
             return;
         }
         self.announce_up(link, direction, info, applications);
+    }
+
+    /// The state handles see: while in-band TLS of the connection that
+    /// opened the peer is still under way, not open yet (handles wait, as
+    /// they do for the CEA).
+    fn shown_state(&self, state: PeerState) -> PeerState {
+        let upgrading = self.links.iter().any(|l| l.deferred_up.is_some());
+        match state {
+            PeerState::Open | PeerState::Suspect | PeerState::Reopen if upgrading => PeerState::CerSent,
+            s => s,
+        }
     }
 
     fn announce_up(&mut self, link: LinkId, direction: Direction, info: PeerInfo, applications: Vec<u32>) {
@@ -859,6 +871,7 @@ impl PeerTask {
         *lock(&self.shared.tls) = tls;
         *lock(&self.shared.last_error) = None;
         self.shared.opened_us.store(self.shared.since_epoch_us(), Ordering::Relaxed);
+        self.shared.set_state(self.shown_state(self.machine.state()));
         self.shared.counters.ups.fetch_add(1, Ordering::Relaxed);
         self.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
         let first = std::mem::replace(&mut self.first_up, false);

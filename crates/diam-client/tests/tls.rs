@@ -194,9 +194,12 @@ async fn in_band_tls_after_the_capabilities_exchange() {
     let server = Server::start(&pki, true).await;
     let c = client(&pki, &pki.leaf(&[CLIENT]), CLIENT, true);
     let peer = c.connect_to(SERVER, plain(server.tcp_addr)).await.unwrap();
+    // The peer is open for its handles only once in-band TLS is up.
+    assert!(peer.tls().is_some(), "connect returned before in-band TLS was up");
+    assert_eq!(peer.peer_info().map(|i| i.origin_host.clone()).as_deref(), Some(SERVER));
     let ans = peer.send(ccr(CLIENT)).await.unwrap();
     assert_eq!(ans.get(avps::RESULT_CODE).unwrap(), Some(2001));
-    let info = peer.tls().expect("in-band TLS is up once a request was answered");
+    let info = peer.tls().expect("in-band TLS is up");
     assert_eq!(info.peer_dns_names(), vec![SERVER.to_string()]);
     assert_eq!(server.node.peer(CLIENT).and_then(|p| p.tls()).map(|t| t.peer_dns_names()), Some(vec![CLIENT.into()]));
     assert_eq!(server.served.load(Ordering::SeqCst), 1);
