@@ -51,9 +51,11 @@ pub struct ConnectionConfig {
     /// 2 minutes). Default 10 s: a 1 MiB message needs under 1 Mbit/s.
     pub message_timeout: Duration,
     /// Pause between the CEA and our TLS ClientHello when we start
-    /// in-band TLS as the client. Default 10 ms: Erlang/OTP 25 loses a
-    /// ClientHello that arrives the instant after it sent its CEA (a race
-    /// in its in-band upgrade); 10 ms was enough in every trial.
+    /// in-band TLS as the client. Default 50 ms: Erlang/OTP 25 mishandles
+    /// a ClientHello that arrives the instant after it sent its CEA (its
+    /// upgraded socket is left passive and the connection stalls); 10 ms
+    /// was enough on an idle machine, not on a loaded one (1 in 3), and a
+    /// connection is set up once.
     pub inband_tls_pause: Duration,
 }
 
@@ -70,7 +72,7 @@ impl Default for ConnectionConfig {
             drain_timeout: Duration::from_secs(2),
             nodelay: true,
             message_timeout: Duration::from_secs(10),
-            inband_tls_pause: Duration::from_millis(10),
+            inband_tls_pause: Duration::from_millis(50),
         }
     }
 }
