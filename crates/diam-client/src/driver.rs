@@ -408,6 +408,7 @@ impl PeerTask {
         // Read until the socket has nothing more (or a few rounds), so that
         // a burst is decoded, answered and written back in one go.
         let mut progress = false;
+        let mut failed_once = false;
         for _ in 0..4 {
             let link = &mut self.links[i];
             if !matches!(link.upgrade, Upgrade::None) {
@@ -426,6 +427,10 @@ impl PeerTask {
             let room = link.rbuf.capacity() - link.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut link.stream), cx, &mut link.rbuf) {
                 Poll::Pending => return progress,
+                // A TLS stream reports a reset before handing over what it
+                // already decrypted (a DPA, say): read once more, the
+                // socket gives EOF then and the plaintext comes first.
+                Poll::Ready(Err(_)) if link.tls.is_some() && !failed_once => failed_once = true,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     let id = link.id;
                     self.machine.handle_link_closed(id, now.into_std());

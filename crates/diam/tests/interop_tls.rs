@@ -206,8 +206,22 @@ fn probe_args(peer: &str, identity: &str, files: &TlsFiles, inband: bool) -> Vec
 }
 
 /// Runs `diam probe`; checks 2001 three times over TLS and returns the report.
+///
+/// One retry when only the DPA went missing: on a loaded machine
+/// freeDiameterd 1.2.1 over TLS now and then closes right after a DPR
+/// without its DPA reaching us (seen once in six full runs); CER/CEA and
+/// DWR/DWA must still have passed on the first attempt.
 fn probe_tls(test: &str, what: &str, args: &[String]) -> serde_json::Value {
-    let out = run_diam(&strs(args), 40);
+    let mut out = run_diam(&strs(args), 40);
+    if out.code() != Some(0) {
+        let first = json_stdout(&out);
+        let only_dpa = first["cea"]["result_code"] == 2001
+            && first["dwa"]["result_code"] == 2001
+            && first["dpa"]["error"].as_str().is_some_and(|e| e.starts_with("no DPA"));
+        assert!(only_dpa, "{test}: {what}: probe failed\n{}", out.describe());
+        eprintln!("NOTE {test}: {what}: no DPA on the first probe ({first}); probing again");
+        out = run_diam(&strs(args), 40);
+    }
     assert_eq!(out.code(), Some(0), "{test}: {what}: probe failed\n{}", out.describe());
     let r = json_stdout(&out);
     for step in ["cea", "dwa", "dpa"] {
