@@ -308,7 +308,11 @@ fn bench_survives_sigkill_and_restart_of_the_server() {
         reaped_us - kill_us,
         disconnected["reason"]
     );
-    assert!(delay < 50_000, "disconnected {delay} µs after the kill\n{text}");
+    // A loose bound: on an idle machine detection takes a few ms (the
+    // figure is printed above and measured in the README); on a CPU-starved
+    // one the scheduler alone has taken 85 ms. It catches a detection that
+    // waits for the watchdog (seconds), not a slow scheduler.
+    assert!(delay < 500_000, "disconnected {delay} µs after the kill\n{text}");
     let reconnected = lines
         .iter()
         .filter(ours)
