@@ -247,6 +247,11 @@ pub struct NodeConfig {
     /// The dictionary requests are checked against; `None` uses
     /// [`Dictionary::base`] (base protocol, Credit-Control, common 3GPP).
     pub dictionary: Option<Arc<Dictionary>>,
+    /// Agents: most requests being forwarded at once, over all peers (the
+    /// forwarding table). A request beyond it gets 3004
+    /// DIAMETER_TOO_BUSY. Each entry lives until its answer or
+    /// `connection.request_timeout`. Default 65,536.
+    pub max_forwards: usize,
 }
 
 impl Default for NodeConfig {
@@ -261,6 +266,7 @@ impl Default for NodeConfig {
             max_buffered_bytes: 256 << 20,
             mandatory_avps: MandatoryAvps::Enforce,
             dictionary: None,
+            max_forwards: 65_536,
         }
     }
 }
@@ -287,6 +293,9 @@ impl NodeConfig {
             return Err(Error::InvalidConfig(
                 "max_buffered_bytes must hold at least one max_message_size message".into(),
             ));
+        }
+        if self.max_forwards == 0 || self.max_forwards > 1 << 24 {
+            return Err(Error::InvalidConfig("max_forwards must be between 1 and 16777216".into()));
         }
         if self.max_pending_handshakes == 0 {
             return Err(Error::InvalidConfig("max_pending_handshakes must be at least 1".into()));

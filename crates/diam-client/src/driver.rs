@@ -38,11 +38,13 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
 use crate::events::{Election, PeerDown, PeerFailure, PeerRestarted, PeerUp, WatchdogChange};
-use crate::handle::{lock, Command, LinkMeta, PeerShared, Reply, Unanswered};
+use crate::handle::{lock, Command, LinkMeta, PeerShared, Relayed, ReplyTo, Unanswered};
 use crate::node::NodeShared;
 use crate::tls::{accept_tls, connect_tls, Rewind, TlsInfo};
 use crate::transport::{BoxFuture, BoxStream, Connection, TransportKind};
 use crate::{Error, Response};
+
+mod relay;
 
 /// Most bytes gathered into one connection's write buffer; beyond it the
 /// task stops taking requests and reading until the peer has read some.
@@ -133,7 +135,7 @@ impl LinkIo {
 }
 
 struct Pending {
-    reply: oneshot::Sender<Reply>,
+    reply: ReplyTo,
     deadline: Instant,
     end_to_end: u32,
     link: LinkId,
@@ -185,6 +187,14 @@ pub(crate) struct PeerTask {
     /// Enter the identity table once the identity is known (with our own
     /// inbound sender).
     learn: Option<mpsc::Sender<Box<Inbound>>>,
+    /// Agents: requests this task forwards, by token, and their expiry.
+    forwards: HashMap<u64, relay::Forward>,
+    forward_expiry: BinaryHeap<Reverse<(Instant, u64)>>,
+    next_token: u64,
+    /// Outcomes of forwarded requests (made at the first forward).
+    relayed: Option<(mpsc::UnboundedSender<Relayed>, mpsc::UnboundedReceiver<Relayed>)>,
+    /// The node's routing table, with its generation.
+    routes: Option<(u64, Arc<crate::agent::RoutingTable>)>,
 }
 
 pub(crate) struct TaskInit {
@@ -244,6 +254,11 @@ impl PeerTask {
             replacements: Vec::new(),
             rotation_refused: false,
             learn: init.learn,
+            forwards: HashMap::new(),
+            forward_expiry: BinaryHeap::new(),
+            next_token: 0,
+            relayed: None,
+            routes: None,
         }
     }
 
@@ -341,6 +356,10 @@ impl PeerTask {
         while let Poll::Ready(Some(done)) = self.handlers.poll_join_next_with_id(cx) {
             self.handler_done(done);
             progress = true;
+        }
+        // Outcomes of requests we forwarded (agents).
+        if self.relayed.is_some() {
+            progress |= self.poll_relayed(cx, now);
         }
         // Control commands, on every round.
         while let Poll::Ready(Some(cmd)) = self.control.poll_recv(cx) {
@@ -658,6 +677,9 @@ impl PeerTask {
         if let Some(Reverse((t, _))) = self.expiry.peek() {
             d = d.min(*t);
         }
+        if let Some(t) = self.next_forward_expiry() {
+            d = d.min(t);
+        }
         let wt = self.node.config.connection.write_timeout;
         let mt = self.node.config.connection.message_timeout;
         for l in &self.links {
@@ -689,6 +711,7 @@ impl PeerTask {
     fn on_timer(&mut self, now: Instant) {
         self.machine.handle_timeout(now.into_std());
         self.expire(now);
+        self.expire_forwards(now);
         let wt = self.node.config.connection.write_timeout;
         let stalled: Vec<LinkId> = self
             .links
@@ -934,9 +957,10 @@ impl PeerTask {
                     CloseReason::LocalDisconnect { .. } => Error::Closed,
                     r => Error::ConnectionLost(r.clone()),
                 };
-                let _ = p.reply.send(Err(Unanswered { error, written: Some(p.end_to_end) }));
+                p.reply.send(Err(Unanswered { error, written: Some(p.end_to_end) }));
             }
         }
+        self.drop_forwards_of(link);
         self.dials.retain(|d| d.link != link);
         self.draining.retain(|(l, _)| *l != link);
         let replacement = self.replacements.contains(&link);
@@ -1072,7 +1096,7 @@ impl PeerTask {
                 return;
             }
             if let Incoming::Request(req) = self.machine.handle_message(link, msg, std_now) {
-                self.dispatch(link, req);
+                self.dispatch(link, req, now);
             }
             return;
         }
@@ -1094,8 +1118,7 @@ impl PeerTask {
                 self.shared.counters.malformed_answers.fetch_add(1, Ordering::Relaxed);
                 self.machine.handle_traffic(link, std_now);
                 if let Some(p) = self.pending.remove(&hbh) {
-                    let _ =
-                        p.reply.send(Err(Unanswered { error: Error::MalformedAnswer(e), written: Some(p.end_to_end) }));
+                    p.reply.send(Err(Unanswered { error: Error::MalformedAnswer(e), written: Some(p.end_to_end) }));
                 }
                 return;
             }
@@ -1103,7 +1126,7 @@ impl PeerTask {
         if let Incoming::Answer(ans) = self.machine.handle_message(link, msg, std_now) {
             match self.pending.remove(&ans.hop_by_hop()) {
                 Some(p) => {
-                    let _ = p.reply.send(Ok(ans));
+                    p.reply.send(Ok(ans));
                 }
                 None => {
                     self.shared.counters.unknown_answers.fetch_add(1, Ordering::Relaxed);
@@ -1114,7 +1137,16 @@ impl PeerTask {
     }
 
     /// Runs the handler for an application request, or answers it directly.
-    fn dispatch(&mut self, link: LinkId, req: Message) {
+    fn dispatch(&mut self, link: LinkId, req: Message, now: Instant) {
+        // An agent forwards what is not for this node.
+        let req = if self.node.agent.generation.load(Ordering::Relaxed) != 0 {
+            match self.agent_route(link, req, now) {
+                Some(req) => req,
+                None => return,
+            }
+        } else {
+            req
+        };
         let (Some(handler), Some(info)) = (self.node.handler(req.application_id()), lock(&self.shared.info).clone())
         else {
             self.answer_error(link, &req, result_codes::DIAMETER_COMMAND_UNSUPPORTED);
@@ -1182,10 +1214,7 @@ impl PeerTask {
 
     fn command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::Request(r) => {
-                let crate::handle::RequestCmd { msg, reply, deadline, permit } = *r;
-                self.request(msg, reply, deadline, permit, now)
-            }
+            Command::Request(r) => self.request(*r, now),
             Command::Connect => {
                 if !self.targets.is_empty() && self.closing.is_none() {
                     self.machine.connect(now.into_std());
@@ -1205,14 +1234,8 @@ impl PeerTask {
         }
     }
 
-    fn request(
-        &mut self,
-        msg: Message,
-        reply: oneshot::Sender<Reply>,
-        deadline: Instant,
-        permit: OwnedSemaphorePermit,
-        now: Instant,
-    ) {
+    fn request(&mut self, cmd: crate::handle::RequestCmd, now: Instant) {
+        let crate::handle::RequestCmd { msg, reply, deadline, permit, append, retransmit } = cmd;
         if reply.is_closed() {
             return;
         }
@@ -1220,15 +1243,15 @@ impl PeerTask {
         // it (it would do work no one waits for).
         if deadline <= now {
             self.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-            let _ = reply.send(Err(Unanswered::unsent(Error::Timeout)));
+            reply.send(Err(Unanswered::unsent(Error::Timeout)));
             return;
         }
         if self.closing.is_some() {
-            let _ = reply.send(Err(Unanswered::unsent(Error::Closed)));
+            reply.send(Err(Unanswered::unsent(Error::Closed)));
             return;
         }
         let Some(link) = self.machine.sending_link() else {
-            let _ = reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
+            reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
             return;
         };
         let hbh = loop {
@@ -1242,15 +1265,26 @@ impl PeerTask {
             e => e,
         };
         let Some(l) = self.links.iter_mut().find(|l| l.id == link) else {
-            let _ = reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
+            reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
             return;
         };
         let start = l.wbuf.len();
         l.wbuf.extend_from_slice(msg.as_bytes());
         l.wbuf[start + 12..start + 16].copy_from_slice(&hbh.to_be_bytes());
         l.wbuf[start + 16..start + 20].copy_from_slice(&e2e.to_be_bytes());
+        if let Some(extra) = append {
+            // A relay's Route-Record: appended, and the length patched
+            // (the codec's frame limit bounds what arrived; 24 bits hold
+            // it with room for one more AVP).
+            l.wbuf.extend_from_slice(&extra);
+            let len = (msg.len() + extra.len()) as u32;
+            l.wbuf[start + 1..start + 4].copy_from_slice(&len.to_be_bytes()[1..]);
+        }
+        if retransmit {
+            l.wbuf[start + 4] |= diam_proto::CommandFlags::RETRANSMIT;
+        }
         self.shared.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
-        self.shared.counters.bytes_sent.fetch_add(msg.len() as u64, Ordering::Relaxed);
+        self.shared.counters.bytes_sent.fetch_add((l.wbuf.len() - start) as u64, Ordering::Relaxed);
         self.pending.insert(hbh, Pending { reply, deadline, end_to_end: e2e, link, _permit: permit });
         self.expiry.push(Reverse((deadline, hbh)));
         if self.expiry.len() > 2 * self.pending.len() + 1024 {
@@ -1326,7 +1360,7 @@ impl PeerTask {
             if self.pending.get(&hbh).is_some_and(|p| p.deadline == t) {
                 if let Some(p) = self.pending.remove(&hbh) {
                     self.shared.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                    let _ = p.reply.send(Err(Unanswered { error: Error::Timeout, written: Some(p.end_to_end) }));
+                    p.reply.send(Err(Unanswered { error: Error::Timeout, written: Some(p.end_to_end) }));
                 }
             }
         }
@@ -1336,7 +1370,7 @@ impl PeerTask {
     fn finish(mut self) {
         let error = lock(&self.shared.last_error).clone().unwrap_or(Error::Closed);
         for (_, p) in self.pending.drain() {
-            let _ = p.reply.send(Err(Unanswered { error: error.clone(), written: Some(p.end_to_end) }));
+            p.reply.send(Err(Unanswered { error: error.clone(), written: Some(p.end_to_end) }));
         }
         self.commands.close();
         self.control.close();
@@ -1346,7 +1380,7 @@ impl PeerTask {
         for cmd in queued {
             match cmd {
                 Command::Request(r) => {
-                    let _ = r.reply.send(Err(Unanswered::unsent(error.clone())));
+                    r.reply.send(Err(Unanswered::unsent(error.clone())));
                 }
                 Command::Close { done, .. } => {
                     let _ = done.send(());

@@ -616,7 +616,74 @@ impl Drop for Outcome<'_> {
     }
 }
 
+/// A member reserved for one request an agent forwards: like [`Attempt`],
+/// but owning its group, so it can wait in a peer task's forwarding table.
+pub(crate) struct Ticket {
+    group: Arc<GroupInner>,
+    member: usize,
+    probe: bool,
+    recorded: bool,
+    started: Instant,
+}
+
+impl Ticket {
+    /// The member's index in its group.
+    pub(crate) fn member(&self) -> usize {
+        self.member
+    }
+
+    /// Records the outcome in the member's health and breaker.
+    pub(crate) fn finish(mut self, outcome: &Reply) {
+        self.recorded = true;
+        self.group.record_member(self.member, self.probe, outcome, self.started.elapsed());
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.group.members[self.member].in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.recorded && self.probe {
+            lock(&self.group.state).members[self.member].breaker.on_abandoned();
+            self.group.usable.notify_waiters();
+        }
+    }
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("member", &self.member).finish_non_exhaustive()
+    }
+}
+
 impl PeerGroup {
+    /// Reserves a usable member other than the peers in `tried`, for a
+    /// request an agent forwards (no waiting: `None` when none is usable).
+    pub(crate) fn reserve(&self, tried: &[ConnectionId]) -> Option<(PeerHandle, Ticket)> {
+        let g = &self.inner;
+        if g.is_closed() {
+            return None;
+        }
+        let mut excluded = [usize::MAX; MAX_ATTEMPTS];
+        let mut n = 0;
+        for (i, m) in g.members.iter().enumerate() {
+            if n < MAX_ATTEMPTS && tried.contains(&m.peer.shared.id) {
+                excluded[n] = i;
+                n += 1;
+            }
+        }
+        let attempt = g.pick(&excluded[..n])?;
+        let (member, probe) = (attempt.member, attempt.probe);
+        // The ticket takes over the attempt's reservation (and its release).
+        std::mem::forget(attempt);
+        let peer = g.members[member].peer.clone();
+        Some((peer, Ticket { group: self.inner.clone(), member, probe, recorded: false, started: Instant::now() }))
+    }
+
+    /// Whether any member other than `tried` could be reserved now.
+    pub(crate) fn member_count(&self) -> usize {
+        self.inner.members.len()
+    }
+
     /// A group of `members` (in order of preference for failover mode) on
     /// `client`'s connections: each address gets a connection of the client
     /// that is kept up (reconnected without giving up, never closed for
@@ -1231,7 +1298,10 @@ impl GroupInner {
     /// Records one attempt's outcome in the member's health, breaker and
     /// balancer, and in the failover machine.
     fn record(&self, attempt: &Attempt<'_>, outcome: &Reply, latency: Duration) {
-        let member = attempt.member;
+        self.record_member(attempt.member, attempt.probe, outcome, latency);
+    }
+
+    fn record_member(&self, member: usize, probe: bool, outcome: &Reply, latency: Duration) {
         let c = &self.members[member].counters;
         match outcome {
             Ok(_) => c.answers.fetch_add(1, Ordering::Relaxed),
@@ -1249,7 +1319,7 @@ impl GroupInner {
             let s = &mut st.members[member];
             // A request let through before the breaker tripped says nothing
             // about the probes now under way.
-            let stale = s.breaker.state() == BreakerState::HalfOpen && !attempt.probe;
+            let stale = s.breaker.state() == BreakerState::HalfOpen && !probe;
             let change = match verdict {
                 Verdict::Success => {
                     if !stale {
@@ -1280,7 +1350,7 @@ impl GroupInner {
                     None
                 }
                 Verdict::Neutral => {
-                    if attempt.probe {
+                    if probe {
                         s.breaker.on_abandoned();
                         out.wake = true;
                     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use diam_link::events::{ConnectionId, EventDispatcher};
 use diam_link::Remote;
 use diam_proto::peer::{CloseReason, PeerInfo};
@@ -56,9 +57,47 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) struct RequestCmd {
     pub(crate) msg: Message,
-    pub(crate) reply: oneshot::Sender<Reply>,
+    pub(crate) reply: ReplyTo,
     pub(crate) deadline: Instant,
     pub(crate) permit: OwnedSemaphorePermit,
+    /// Bytes appended to the message as it is written (a relay's
+    /// Route-Record AVP); the length is patched.
+    pub(crate) append: Option<Bytes>,
+    /// Written with the T flag (a retransmission after a failover).
+    pub(crate) retransmit: bool,
+}
+
+/// A relayed request's outcome, for the peer task that forwarded it.
+pub(crate) type Relayed = (u64, Reply);
+
+/// Where the outcome of a request goes.
+#[derive(Debug)]
+pub(crate) enum ReplyTo {
+    /// The caller waiting on a handle.
+    Caller(oneshot::Sender<Reply>),
+    /// The peer task that forwards it for an agent, by its token (no task
+    /// or channel per request: one channel per forwarding task).
+    Relay(mpsc::UnboundedSender<Relayed>, u64),
+}
+
+impl ReplyTo {
+    pub(crate) fn send(self, reply: Reply) {
+        match self {
+            ReplyTo::Caller(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Relay(tx, token) => {
+                let _ = tx.send((token, reply));
+            }
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            ReplyTo::Caller(tx) => tx.is_closed(),
+            ReplyTo::Relay(tx, _) => tx.is_closed(),
+        }
+    }
 }
 
 /// Per-peer counters (lock-free; the peer task updates them).
@@ -522,13 +561,46 @@ impl PeerHandle {
         permit: OwnedSemaphorePermit,
     ) -> Result<impl std::future::Future<Output = Reply> + Send + 'static, Error> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Request(Box::new(RequestCmd { msg: request, reply, deadline, permit }));
+        let cmd = Command::Request(Box::new(RequestCmd {
+            msg: request,
+            reply: ReplyTo::Caller(reply),
+            deadline,
+            permit,
+            append: None,
+            retransmit: false,
+        }));
         match self.shared.commands.try_send(cmd) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Overloaded),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.shared.final_error()),
         }
         Ok(async move { rx.await.unwrap_or(Err(Unanswered::unsent(Error::Cancelled))) })
+    }
+
+    /// Submits a request an agent forwards, without waiting: its outcome
+    /// goes to `reply`. Fails at once when the peer is not open, has no
+    /// room for another request, or is closed.
+    pub(crate) fn forward(
+        &self,
+        request: Message,
+        deadline: Instant,
+        reply: ReplyTo,
+        append: Option<Bytes>,
+        retransmit: bool,
+    ) -> Result<(), Error> {
+        if self.state() != PeerState::Open {
+            return Err(Error::NotAvailable(self.state()));
+        }
+        let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
+            return Err(Error::Overloaded);
+        };
+        self.shared.touch();
+        let cmd = Command::Request(Box::new(RequestCmd { msg: request, reply, deadline, permit, append, retransmit }));
+        match self.shared.commands.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.shared.final_error()),
+        }
     }
 
     /// Starts dialling a peer that has an address and is not connected (a

@@ -36,6 +36,14 @@
 //!   traffic and the watchdog, circuit breaker; retryable requests
 //!   retransmitted with the T flag, RFC 6733 §5.5.4). [`Router`] picks the
 //!   group by Destination-Realm.
+//! * Agents ([`RoutingTable`], [`Node::set_routes`]): relay, proxy and
+//!   redirect routes by realm and application (RFC 6733 §2.7, §6.1).
+//!   Forwarding runs on the peer task that read the request (no task per
+//!   request): Hop-by-Hop rewritten, End-to-End kept, Route-Record
+//!   appended, loops refused (3005), a bounded forwarding table (3004),
+//!   failover to an alternate with the T flag (§5.5.4), 3002/3003 when
+//!   there is nowhere to go. [`Node::send`] routes as a client and follows
+//!   a 3006 redirect once.
 //! * [`events`]: the typed payloads of the node's events; listeners run on
 //!   a bounded executor, never on a peer's task.
 //!
@@ -48,6 +56,7 @@
 //! events, health monitoring, circuit breakers, balancing, failover).
 #![warn(missing_docs)]
 
+mod agent;
 mod config;
 mod driver;
 mod error;
@@ -62,6 +71,7 @@ mod router;
 pub mod tls;
 pub mod transport;
 
+pub use agent::{Action, AgentStats, ProxyHook, RedirectTo, RoutingTable};
 pub use config::{ConnectionConfig, NodeConfig, ReconnectConfig};
 pub use error::Error;
 pub use events::PeerFailure;

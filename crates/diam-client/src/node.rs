@@ -83,6 +83,8 @@ pub(crate) struct NodeShared {
     allow: Vec<AllowPattern>,
     limits: Arc<ConnectionLimits>,
     pub(crate) budget: Arc<BufferBudget>,
+    /// Routing table and forwarding state (agents).
+    pub(crate) agent: Arc<crate::agent::Agent>,
 }
 
 /// An entry of the allow-list: an exact DiameterIdentity, or `*.domain`
@@ -284,6 +286,17 @@ impl NodeShared {
         })
     }
 
+    /// The open peer `identity` names, if any.
+    pub(crate) fn open_peer(&self, identity: &str) -> Option<PeerHandle> {
+        let t = lock(&self.table);
+        let r = if identity.bytes().any(|b| b.is_ascii_uppercase()) {
+            t.by_identity.get(&identity.to_ascii_lowercase())
+        } else {
+            t.by_identity.get(identity)
+        };
+        r.map(|r| &r.handle).filter(|h| h.state() == diam_proto::psm::PeerState::Open).cloned()
+    }
+
     /// Whether `identity` is on the allow-list.
     fn is_allowed(&self, identity: &str) -> bool {
         self.allow.iter().any(|p| p.matches(identity))
@@ -295,6 +308,7 @@ impl NodeShared {
 
     /// Every peer gets DPR and stops; listeners stop.
     fn close_all(&self) {
+        self.agent.clear();
         self.closed.store(true, Ordering::Release);
         self.shutdown.send_replace(true);
         let peers: Vec<PeerHandle> = lock(&self.table).all.values().cloned().collect();
@@ -507,6 +521,7 @@ impl NodeBuilder {
         let limits =
             Arc::new(ConnectionLimits::new(self.config.max_connections, self.config.max_connections_per_source));
         let budget = Arc::new(BufferBudget::new(self.config.max_buffered_bytes));
+        let agent = Arc::new(crate::agent::Agent::new(&c.peer.origin_host, self.config.max_forwards));
         let shared = Arc::new(NodeShared {
             peer_config: Arc::new(c.peer.clone()),
             handshakes: Arc::new(Semaphore::new(self.config.max_pending_handshakes)),
@@ -523,6 +538,7 @@ impl NodeBuilder {
             allow,
             limits,
             budget,
+            agent,
         });
         Ok(Node { owner: Arc::new(Owner { shared }) })
     }
@@ -794,6 +810,7 @@ impl Node {
             closing.spawn(async move { p.close(disconnect_cause::REBOOTING).await });
         }
         let _ = tokio::time::timeout(deadline, async { while closing.join_next().await.is_some() {} }).await;
+        shared.agent.clear();
     }
 }
 

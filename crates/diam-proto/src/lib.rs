@@ -49,6 +49,7 @@ mod header;
 mod message;
 pub mod peer;
 pub mod psm;
+pub mod routing;
 pub mod types;
 pub mod uri;
 pub mod watchdog;

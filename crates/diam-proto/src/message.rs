@@ -313,6 +313,38 @@ impl Message {
         b.build()
     }
 
+    /// A builder holding this message's header and the AVPs `keep` accepts,
+    /// in order: to add AVPs, or to replace some (drop them here, add the
+    /// new ones). AVPs after a malformed one are not copied.
+    ///
+    /// ```
+    /// use diam_proto::{avps, Message};
+    /// let req = Message::request(4, 272).avp(avps::USER_NAME, "alice").avp(avps::SESSION_ID, "s;1").build();
+    /// let masked = req.edit(|a| a.code() != avps::USER_NAME.code()).avp(avps::USER_NAME, "masked").build();
+    /// assert_eq!(masked.get(avps::USER_NAME)?, Some("masked"));
+    /// assert_eq!(masked.get(avps::SESSION_ID)?, Some("s;1"));
+    /// assert_eq!(masked.end_to_end(), req.end_to_end());
+    /// # Ok::<(), diam_proto::DecodeError>(())
+    /// ```
+    pub fn edit(&self, mut keep: impl FnMut(&Avp<'_>) -> bool) -> MessageBuilder {
+        let h = self.header;
+        let mut b = MessageBuilder::new_in(
+            BytesMut::with_capacity(self.buf.len() + 64),
+            h.flags,
+            h.command_code,
+            h.application_id,
+        )
+        .hop_by_hop(h.hop_by_hop)
+        .end_to_end(h.end_to_end);
+        for avp in self.avps() {
+            let Ok(avp) = avp else { break };
+            if keep(&avp) {
+                b = b.copy_avp(&avp);
+            }
+        }
+        b
+    }
+
     /// Returns a copy with the given Hop-by-Hop and End-to-End identifiers
     /// (and optionally the T flag), patching only the header bytes.
     pub fn with_ids(&self, hop_by_hop: u32, end_to_end: u32) -> Message {
