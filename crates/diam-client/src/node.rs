@@ -646,10 +646,13 @@ impl Node {
 
     /// Adds a configured peer, kept connected at `addresses` (tried in turn)
     /// with the node's reconnect schedule. Its connections are accepted
-    /// inbound too (election applies when both sides connect).
+    /// inbound too (election applies when both sides connect). With no
+    /// address, the peer is never dialled: it is admitted (and its handle
+    /// works) once it connects to us, as a client or a server behind a
+    /// firewall does.
     ///
-    /// Fails for an invalid identity, no address, a peer already configured,
-    /// or a full table.
+    /// Fails for an invalid identity, more than 16 addresses, a peer
+    /// already configured, or a full table.
     pub fn add_peer(&self, identity: &str, addresses: impl IntoIterator<Item = PeerAddr>) -> Result<PeerHandle, Error> {
         let shared = self.shared();
         if shared.is_closed() {
@@ -662,8 +665,8 @@ impl Node {
             return Err(Error::InvalidConfig("a node cannot be its own peer".into()));
         }
         let targets: Vec<PeerAddr> = addresses.into_iter().collect();
-        if targets.is_empty() || targets.len() > 16 {
-            return Err(Error::InvalidConfig(format!("peer {identity} needs 1 to 16 addresses")));
+        if targets.len() > 16 {
+            return Err(Error::InvalidConfig(format!("peer {identity} has more than 16 addresses")));
         }
         let key = identity.to_ascii_lowercase();
         let handle = {

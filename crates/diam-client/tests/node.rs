@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use diam_client::{handler_fn, CloseReason, Direction, Error, Node, NodeConfig, PeerFailure, PeerHandle, PeerState};
+use diam_client::{
+    handler_fn, CloseReason, Direction, Error, Node, NodeConfig, PeerAddr, PeerFailure, PeerHandle, PeerState,
+};
 use diam_proto::{apps, avps, FrameDecoder, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -431,7 +433,8 @@ async fn invalid_config_is_rejected() {
     let node = client(&[4]);
     assert!(matches!(node.add_peer("bad host!", ["127.0.0.1:1".parse().unwrap()]), Err(Error::InvalidConfig(_))));
     assert!(matches!(node.add_peer("client.test", ["127.0.0.1:1".parse().unwrap()]), Err(Error::InvalidConfig(_))));
-    assert!(matches!(node.add_peer("ok.test", []), Err(Error::InvalidConfig(_))));
+    let many: Vec<PeerAddr> = (1..=17).map(|p| format!("127.0.0.1:{p}").parse().unwrap()).collect();
+    assert!(matches!(node.add_peer("ok.test", many), Err(Error::InvalidConfig(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

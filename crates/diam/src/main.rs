@@ -9,11 +9,13 @@
 
 mod bench_cmd;
 mod codec_cmd;
+mod config_file;
 mod demo_cmd;
 mod hex;
 mod json;
 mod metrics_export;
 mod peer_cmd;
+mod relay_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +57,25 @@ enum Command {
     /// {"event":"stopped",...} with its request, answer, drop and
     /// retransmission (T flag) counts.
     Serve(ServeArgs),
+    /// Run a Diameter relay agent (RFC 6733 §2.8) that routes requests by
+    /// the realm routing table.
+    ///
+    /// Each --route REALM[:APP]=PEER[,PEER...] sends requests whose
+    /// Destination-Realm matches REALM (exact, or *.DOMAIN for any realm
+    /// under DOMAIN, case-insensitive) and, with :APP, whose Application-Id
+    /// is APP, to one of the PEERs (balanced by --strategy);
+    /// --default-route takes the rest. A request whose Destination-Host is
+    /// an open peer goes to that peer. Requests for no route get 3003,
+    /// loops (our identity in Route-Record) 3005, no usable peer or no
+    /// answer in time 3002, a full forwarding table 3004. A request whose
+    /// upstream connection fails is retransmitted once to another peer of
+    /// its route with the T flag. PEER is an address (HOST:PORT,
+    /// aaa://HOST[:PORT], aaas://HOST[:PORT]; dialled and kept up) or a bare
+    /// DiameterIdentity (a peer that connects to us). Proxy and redirect
+    /// routes, and everything else, can come from --config. Prints the same
+    /// listening/peer_up/peer_down lines as serve, and at SIGINT/SIGTERM
+    /// {"event":"stopped",...} with the forwarding counts.
+    Relay(RelayArgs),
     /// Check a peer: CER, then DWR, then DPR, with each step's Result-Code
     /// and round-trip time as JSON. Exit 0 only when all three got 2001.
     Probe(ProbeArgs),
@@ -80,7 +101,7 @@ enum Command {
 }
 
 /// Local Diameter identity.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct IdentityArgs {
     /// Origin-Host (our DiameterIdentity).
     #[arg(long, value_name = "H", default_value = "diam.localdomain")]
@@ -110,7 +131,7 @@ impl ClientIdentityArgs {
 }
 
 /// Timers and bounds shared by serve, send and bench.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct TuningArgs {
     /// Watchdog interval Tw in ms (RFC 3539: 30000; values under 6000 are
     /// accepted with a warning).
@@ -150,30 +171,35 @@ pub(crate) struct TlsArgs {
     /// connection (TLS-first, or in-band with --inband-tls) the peer must
     /// present a certificate from that CA naming its Origin-Host (mutual
     /// authentication).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, value_name = "FILE")]
     pub(crate) tls_cert: Option<PathBuf>,
     /// Our private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE")]
     pub(crate) tls_key: Option<PathBuf>,
     /// The CA certificates peers' certificates must chain to (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE")]
     pub(crate) tls_ca: Option<PathBuf>,
     /// In-band TLS (RFC 3588 style): on plain connections, offer and
     /// require Inband-Security-Id TLS in the CER/CEA, and start TLS right
     /// after the CEA.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub(crate) inband_tls: bool,
     /// Append TLS session secrets to FILE (NSS key log format, for
     /// Wireshark/tshark). SSLKEYLOGFILE does the same. Debugging only.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE")]
     pub(crate) tls_keylog: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one).
+    /// Required, here or in --config.
     #[arg(long, value_name = "ADDR")]
-    pub(crate) listen: String,
+    pub(crate) listen: Option<String>,
+    /// Read settings from a TOML file (the README documents the format); a
+    /// flag given here overrides the file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Keep a connection to this peer up (reconnecting with backoff;
     /// election when it connects to us too). PEER is HOST:PORT, [V6]:PORT,
     /// aaa://HOST[:PORT][;transport=tcp] (a host name there is the peer's
@@ -183,7 +209,7 @@ pub(crate) struct ServeArgs {
     pub(crate) connect: Vec<String>,
     /// Also listen for TLS-first connections on ADDR (needs --tls-cert;
     /// the IANA port for Diameter over TLS is 5658).
-    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    #[arg(long, value_name = "ADDR")]
     pub(crate) tls_listen: Option<String>,
     /// Accept only peers whose Origin-Host is this identity or matches
     /// *.DOMAIN (besides --connect peers); others get 3010
@@ -362,6 +388,78 @@ pub(crate) struct EncodeArgs {
     pub(crate) dict: DictArgs,
 }
 
+/// Local Diameter identity of `diam relay` (a default of its own: a
+/// relay between `diam bench` and `diam serve` must not share either's).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RelayIdentityArgs {
+    /// Origin-Host (our DiameterIdentity).
+    #[arg(long, value_name = "H", default_value = "diam-relay.localdomain")]
+    pub(crate) origin_host: String,
+    /// Origin-Realm.
+    #[arg(long, value_name = "R", default_value = "localdomain")]
+    pub(crate) origin_realm: String,
+}
+
+impl RelayIdentityArgs {
+    pub(crate) fn to_identity(&self) -> IdentityArgs {
+        IdentityArgs { origin_host: self.origin_host.clone(), origin_realm: self.origin_realm.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RelayArgs {
+    /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one).
+    /// Required, here or in --config.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// Also listen for TLS-first connections on ADDR (needs --tls-cert).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) tls_listen: Option<String>,
+    /// A relay route: REALM[:APP]=PEER[,PEER...]. Repeatable. Given here,
+    /// the routes of --config are not used.
+    #[arg(long = "route", value_name = "REALM[:APP]=PEER[,PEER...]")]
+    pub(crate) route: Vec<String>,
+    /// Where requests no route matches go: PEER[,PEER...].
+    #[arg(long, value_name = "PEER[,PEER...]")]
+    pub(crate) default_route: Option<String>,
+    /// How a route's requests are spread over its peers: round-robin, lru,
+    /// random, least-outstanding or weighted.
+    #[arg(long, value_name = "NAME", default_value = "round-robin", value_parser = parse_strategy)]
+    pub(crate) strategy: diam_link::balance::Strategy,
+    /// Keep this peer up (as serve --connect), or with a bare identity,
+    /// expect it to connect to us. Routes may name it by identity.
+    /// Repeatable.
+    #[arg(long = "connect", value_name = "PEER")]
+    pub(crate) connect: Vec<String>,
+    /// Accept only peers whose Origin-Host is this identity or matches
+    /// *.DOMAIN (besides route and --connect peers); others get 3010.
+    /// Repeatable. Without it, any peer is accepted (a warning says so).
+    #[arg(long = "allow", value_name = "PATTERN")]
+    pub(crate) allow: Vec<String>,
+    /// Most inbound connections at once; more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub(crate) max_connections: usize,
+    /// Most requests being forwarded at once; beyond it, 3004
+    /// DIAMETER_TOO_BUSY.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub(crate) max_forwards: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (per route and peer:
+    /// forwarded, answered, local answers by Result-Code, retransmitted,
+    /// latency).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Read settings from a TOML file (the README documents the format); a
+    /// flag given here overrides the file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) identity: RelayIdentityArgs,
+    #[command(flatten)]
+    pub(crate) tuning: TuningArgs,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+}
+
 fn parse_strategy(s: &str) -> Result<diam_link::balance::Strategy, String> {
     s.parse().map_err(|e: diam_link::ConfigError| e.to_string())
 }
@@ -385,7 +483,16 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // The subcommand's own matches: which settings came from the command
+    // line (they override --config).
+    let empty = clap::ArgMatches::default();
+    let sub = matches.subcommand().map_or(&empty, |(_, m)| m);
     // Logs go to stderr; RUST_LOG overrides the default level (warn).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -397,7 +504,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Decode(args) => codec_cmd::decode(&args),
         Command::Encode(args) => codec_cmd::encode(&args),
-        Command::Serve(args) => peer_cmd::serve(&args),
+        Command::Serve(args) => peer_cmd::serve(&args, sub),
+        Command::Relay(args) => relay_cmd::relay(&args, sub),
         Command::Probe(args) => peer_cmd::probe(&args),
         Command::Send(args) => peer_cmd::send(&args),
         Command::Demo => demo_cmd::demo(),

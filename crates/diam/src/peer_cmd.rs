@@ -73,6 +73,7 @@ pub(crate) fn check_tls_peers<'a>(
 /// The TLS credentials of `--tls-cert/--tls-key/--tls-ca`, with the key log
 /// of `--tls-keylog` or `SSLKEYLOGFILE`.
 pub(crate) fn load_tls(tls: &TlsArgs) -> Result<Option<diam_client::TlsConfig>, Failure> {
+    crate::config_file::check_tls(tls)?;
     let (Some(cert), Some(key), Some(ca)) = (&tls.tls_cert, &tls.tls_key, &tls.tls_ca) else {
         return Ok(None);
     };
@@ -163,7 +164,7 @@ pub(crate) fn config(
     Ok(c)
 }
 
-fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, v)
@@ -186,11 +187,51 @@ fn chance(rate: f64, state: &AtomicU64) -> bool {
     ((x >> 11) as f64 / (1u64 << 53) as f64) < rate
 }
 
-pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
+pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), Failure> {
+    let mut args = args.clone();
+    if let Some(path) = &args.config {
+        use crate::config_file::{take, take_list};
+        let file = crate::config_file::load(path)?;
+        if !file.routes.is_empty() || file.default_route.is_some() {
+            return Err(Failure::input("--config: routes are for diam relay; diam serve answers every request"));
+        }
+        let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let m = matches;
+        crate::config_file::apply_common(
+            m,
+            &file,
+            &dir,
+            (&mut args.identity.origin_host, &mut args.identity.origin_realm),
+            &mut args.tuning,
+            &mut args.tls,
+        );
+        take(m, "listen", &mut args.listen, file.listen.clone().map(Some));
+        take(m, "tls_listen", &mut args.tls_listen, file.tls_listen.clone().map(Some));
+        take_list(m, "allow", &mut args.allow, file.allow.clone());
+        let peers: Vec<String> = crate::config_file::peer_items(&file)?;
+        take_list(m, "connect", &mut args.connect, peers);
+        if let Some(a) = &file.metrics {
+            let a = a.parse().map_err(|e| Failure::input(format!("--config metrics {a}: {e}")))?;
+            take(m, "metrics", &mut args.metrics, Some(Some(a)));
+        }
+        if let Some(l) = &file.limits {
+            take(m, "max_connections", &mut args.max_connections, l.max_connections);
+        }
+        if let Some(s) = file.serve {
+            take_list(m, "app", &mut args.app, s.apps);
+            take(m, "result_code", &mut args.result_code, s.result_code);
+            take(m, "delay_ms", &mut args.delay_ms, s.delay_ms);
+            take(m, "drop_rate", &mut args.drop_rate, s.drop_rate);
+        }
+        crate::config_file::check_tls(&args.tls)?;
+    }
+    let args = &args;
     if !(0.0..=1.0).contains(&args.drop_rate) {
         return Err(Failure::input("--drop-rate must be between 0 and 1"));
     }
-    let listen = resolve(&args.listen).map_err(|f| Failure::input(format!("--listen {}", f.message)))?;
+    let listen =
+        args.listen.as_deref().ok_or_else(|| Failure::input("--listen is required (or listen in --config)"))?;
+    let listen = resolve(listen).map_err(|f| Failure::input(format!("--listen {}", f.message)))?;
     // Each --connect: `aaa://NAME...` names the peer's identity; `NAME=ADDR`
     // gives it explicitly; a bare address learns it from the first
     // capabilities exchange.
@@ -204,6 +245,9 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         None => None,
     };
     let tls = load_tls(&args.tls)?;
+    if tls_listen.is_some() && tls.is_none() {
+        return Err(Failure::input("--tls-listen needs --tls-cert, --tls-key and --tls-ca"));
+    }
     for p in &args.allow {
         let domain = p.strip_prefix("*.").unwrap_or(p);
         if !diam_proto::peer::is_identity(domain) {
@@ -281,22 +325,8 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             builder = builder.tls(t);
         }
         let node = builder.build().map_err(|e| Failure::input(e.to_string()))?;
-        // Peer changes, one JSON line each (listeners run on the
-        // dispatcher's thread, never on a peer's task).
         let out = Arc::new(Mutex::new(()));
-        let o = out.clone();
-        let _peer_events = node.events().subscribe(EventKind::Custom, move |ev: &Event| {
-            let EventData::Custom(c) = ev.data() else { return };
-            let line = if let Some(up) = c.downcast_ref::<PeerUp>() {
-                json!({"event": "peer_up", "peer": up.peer, "direction": up.direction.as_str(), "transport": up.transport.as_str()})
-            } else if let Some(down) = c.downcast_ref::<PeerDown>() {
-                json!({"event": "peer_down", "peer": down.peer, "reason": down.reason.to_string(), "reason_kind": down.reason.kind_name()})
-            } else {
-                return;
-            };
-            let _guard = o.lock();
-            let _ = print_json(&line);
-        });
+        let _peer_events = peer_events(&node, out.clone());
         let addr = node.listen_tcp(listen).await.map_err(|e| Failure::failed(e.to_string()))?;
         let tls_addr = match tls_listen {
             Some(a) => Some(node.listen_tls(a).await.map_err(|e| Failure::failed(e.to_string()))?),
@@ -312,22 +342,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
         }
         #[cfg(unix)]
         if args.tls.tls_cert.is_some() {
-            // SIGHUP reloads the certificate, key and CA for new connections.
-            let (node, tls_args) = (node.clone(), args.tls.clone());
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-                while hup.recv().await.is_some() {
-                    match load_tls(&tls_args) {
-                        Ok(Some(t)) => match node.reload_tls(t) {
-                            Ok(()) => eprintln!("diam serve: TLS credentials reloaded"),
-                            Err(e) => eprintln!("diam serve: TLS reload: {e}"),
-                        },
-                        Ok(None) => {}
-                        Err(f) => eprintln!("diam serve: TLS reload failed, keeping the old credentials: {}", f.message),
-                    }
-                }
-            });
+            reload_on_hangup(node.clone(), args.tls.clone(), "diam serve");
         }
         for (identity, peer) in connect {
             let added = match identity {
@@ -336,7 +351,7 @@ pub(crate) fn serve(args: &ServeArgs) -> Result<(), Failure> {
             };
             added.map_err(|e| Failure::input(format!("--connect {peer}: {e}")))?;
         }
-        shutdown_signal().await;
+        shutdown_signal("diam serve").await;
         node.shutdown(Duration::from_secs(5)).await;
         // Let the last peer_down lines out before the summary.
         let events = node.events().clone();
@@ -396,7 +411,43 @@ pub(crate) fn standard_answer(req: &Message, rc: u32, origin_host: &str, origin_
     b.build()
 }
 
-async fn shutdown_signal() {
+/// Prints one JSON line per peer change (listeners run on the dispatcher's
+/// thread, never on a peer's task); `out` serializes stdout lines.
+pub(crate) fn peer_events(node: &Node, out: Arc<Mutex<()>>) -> diam_link::events::Subscription {
+    node.events().subscribe(EventKind::Custom, move |ev: &Event| {
+        let EventData::Custom(c) = ev.data() else { return };
+        let line = if let Some(up) = c.downcast_ref::<PeerUp>() {
+            json!({"event": "peer_up", "peer": up.peer, "direction": up.direction.as_str(), "transport": up.transport.as_str()})
+        } else if let Some(down) = c.downcast_ref::<PeerDown>() {
+            json!({"event": "peer_down", "peer": down.peer, "reason": down.reason.to_string(), "reason_kind": down.reason.kind_name()})
+        } else {
+            return;
+        };
+        let _guard = out.lock();
+        let _ = print_json(&line);
+    })
+}
+
+/// SIGHUP reloads the certificate, key and CA for new connections.
+#[cfg(unix)]
+pub(crate) fn reload_on_hangup(node: Node, tls_args: TlsArgs, name: &'static str) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match load_tls(&tls_args) {
+                Ok(Some(t)) => match node.reload_tls(t) {
+                    Ok(()) => eprintln!("{name}: TLS credentials reloaded"),
+                    Err(e) => eprintln!("{name}: TLS reload: {e}"),
+                },
+                Ok(None) => {}
+                Err(f) => eprintln!("{name}: TLS reload failed, keeping the old credentials: {}", f.message),
+            }
+        }
+    });
+}
+
+pub(crate) async fn shutdown_signal(name: &str) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -416,7 +467,7 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    eprintln!("diam serve: shutting down, sending DPR to peers");
+    eprintln!("{name}: shutting down, sending DPR to peers");
 }
 
 fn step(result: Result<(u32, Duration), String>) -> (serde_json::Value, bool) {
