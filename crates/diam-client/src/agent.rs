@@ -362,13 +362,19 @@ pub(crate) struct Agent {
     pub(crate) route_record: Bytes,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) max_forwards: usize,
+    /// Bytes of the requests in the forwarding table (kept for
+    /// retransmission), and their bound.
+    bytes: AtomicUsize,
+    max_bytes: usize,
     pub(crate) counters: AgentCounters,
     redirects: Mutex<HashMap<RedirectKey, (String, Instant)>>,
 }
 
 impl Agent {
-    pub(crate) fn new(origin_host: &str, max_forwards: usize) -> Agent {
+    pub(crate) fn new(origin_host: &str, max_forwards: usize, max_bytes: usize) -> Agent {
         Agent {
+            bytes: AtomicUsize::new(0),
+            max_bytes,
             routes: Mutex::new(None),
             generation: AtomicU64::new(0),
             route_record: diam_proto::routing::route_record(origin_host),
@@ -397,16 +403,28 @@ impl Agent {
         lock(&self.routes).take();
     }
 
-    /// Takes one place in the forwarding table (`None` when it is full).
-    pub(crate) fn slot(self: &Arc<Self>) -> Option<ForwardSlot> {
+    /// Takes one place in the forwarding table for a request of `bytes`
+    /// (`None` when the table, or the bytes its requests hold, are full).
+    pub(crate) fn slot(self: &Arc<Self>, bytes: usize) -> Option<ForwardSlot> {
         let mut n = self.in_flight.load(Ordering::Relaxed);
         loop {
             if n >= self.max_forwards {
                 return None;
             }
             match self.in_flight.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(ForwardSlot(self.clone())),
+                Ok(_) => break,
                 Err(now) => n = now,
+            }
+        }
+        let mut held = self.bytes.load(Ordering::Relaxed);
+        loop {
+            if held + bytes > self.max_bytes {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            match self.bytes.compare_exchange_weak(held, held + bytes, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(ForwardSlot(self.clone(), bytes)),
+                Err(now) => held = now,
             }
         }
     }
@@ -448,11 +466,12 @@ impl Agent {
 }
 
 /// One place in the forwarding table, given back when dropped.
-pub(crate) struct ForwardSlot(Arc<Agent>);
+pub(crate) struct ForwardSlot(Arc<Agent>, usize);
 
 impl Drop for ForwardSlot {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.bytes.fetch_sub(self.1, Ordering::AcqRel);
     }
 }
 

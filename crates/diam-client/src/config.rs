@@ -252,6 +252,10 @@ pub struct NodeConfig {
     /// DIAMETER_TOO_BUSY. Each entry lives until its answer or
     /// `connection.request_timeout`. Default 65,536.
     pub max_forwards: usize,
+    /// Agents: most bytes the requests in the forwarding table hold
+    /// together (each is kept until answered, for retransmission); a
+    /// request beyond it gets 3004. Default 128 MiB.
+    pub max_forward_bytes: usize,
 }
 
 impl Default for NodeConfig {
@@ -267,6 +271,7 @@ impl Default for NodeConfig {
             mandatory_avps: MandatoryAvps::Enforce,
             dictionary: None,
             max_forwards: 65_536,
+            max_forward_bytes: 128 << 20,
         }
     }
 }
@@ -292,6 +297,11 @@ impl NodeConfig {
         if self.max_buffered_bytes < self.connection.max_message_size {
             return Err(Error::InvalidConfig(
                 "max_buffered_bytes must hold at least one max_message_size message".into(),
+            ));
+        }
+        if self.max_forward_bytes < self.connection.max_message_size {
+            return Err(Error::InvalidConfig(
+                "max_forward_bytes must hold at least one max_message_size message".into(),
             ));
         }
         if self.max_forwards == 0 || self.max_forwards > 1 << 24 {

@@ -167,7 +167,7 @@ impl PeerTask {
             self.agent_error(link, &req, result_codes::DIAMETER_LOOP_DETECTED, route.as_deref());
             return Decision::Done;
         }
-        let Some(slot) = self.node.agent.slot() else {
+        let Some(slot) = self.node.agent.slot(req.len()) else {
             self.agent_error(link, &req, result_codes::DIAMETER_TOO_BUSY, route.as_deref());
             return Decision::Done;
         };
@@ -273,7 +273,7 @@ impl PeerTask {
                 f.deadline,
                 ReplyTo::Relay(tx.clone(), token),
                 Some(record.clone()),
-                f.retransmitted,
+                false,
             );
             match sent {
                 Ok(()) => {
