@@ -101,7 +101,7 @@ impl Rejection {
     /// Origin-Realm, Error-Message, and Failed-AVP. The E bit is set for
     /// protocol errors (3xxx) only, as RFC 6733 §7.1 says.
     pub fn answer(&self, request: &Message, origin_host: &str, origin_realm: &str) -> Message {
-        let mut b = Message::answer_to(request);
+        let mut b = bare_answer(request);
         b = b.error(result_codes::class(self.result_code) == 3);
         if let Some(sid) = leading_session_id(request) {
             b = b.copy_avp(&sid);
@@ -125,6 +125,17 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Result-Code {}: {}", self.result_code, self.reason)
     }
+}
+
+/// The answer's header (command, application, P flag, identifiers) and no
+/// AVP: the Session-Id is copied by the caller, and only when it is well
+/// formed ([`leading_session_id`]).
+fn bare_answer(request: &Message) -> crate::MessageBuilder {
+    let h = request.header();
+    let flags = crate::CommandFlags::from_bits(h.flags.bits() & crate::CommandFlags::PROXIABLE);
+    crate::MessageBuilder::new(flags, h.command_code, h.application_id)
+        .hop_by_hop(h.hop_by_hop)
+        .end_to_end(h.end_to_end)
 }
 
 /// The Session-Id AVP when it is among the well-formed AVPs before any
@@ -333,7 +344,7 @@ pub fn check_answer(answer: &Message) -> Result<(), DecodeError> {
 /// A builder for protocol-error answers with Result-Code and our identity,
 /// for callers that refuse a request for their own reasons.
 pub fn error_answer(request: &Message, result_code: u32, origin_host: &str, origin_realm: &str) -> MessageBuilder {
-    let mut b = Message::answer_to(request).error(result_codes::class(result_code) == 3);
+    let mut b = bare_answer(request).error(result_codes::class(result_code) == 3);
     if let Some(sid) = leading_session_id(request) {
         b = b.copy_avp(&sid);
     }
@@ -351,6 +362,21 @@ mod tests {
             .avp(avps::SESSION_ID, "client;1;1")
             .avp(avps::ORIGIN_HOST, "client.example.com")
             .avp(avps::ORIGIN_REALM, "example.com")
+    }
+
+    #[test]
+    fn error_answers_carry_one_session_id() {
+        let r = req().build();
+        let a = error_answer(&r, result_codes::DIAMETER_UNABLE_TO_DELIVER, "h", "r").build();
+        assert_eq!(a.get_all(avps::SESSION_ID).count(), 1);
+        // An Unsigned32 of two octets: 5014, with the Session-Id once.
+        let bad = req()
+            .raw_avp(avps::ORIGIN_STATE_ID.code(), AvpFlags::default().with(AvpFlags::MANDATORY, true), None, &[0, 1])
+            .build();
+        let rej = check(&bad).unwrap_err();
+        assert_eq!(rej.result_code(), result_codes::DIAMETER_INVALID_AVP_LENGTH);
+        let a = rej.answer(&bad, "h", "r");
+        assert_eq!(a.get_all(avps::SESSION_ID).count(), 1);
     }
 
     fn check(m: &Message) -> Result<(), Rejection> {

@@ -273,7 +273,7 @@ impl PeerTask {
                 f.deadline,
                 ReplyTo::Relay(tx.clone(), token),
                 Some(record.clone()),
-                false,
+                f.retransmitted,
             );
             match sent {
                 Ok(()) => {
