@@ -384,6 +384,40 @@ async fn a_full_forwarding_table_gets_3004_and_its_places_come_back() {
     assert_eq!((stats.forwarded, stats.answered, stats.local_answers), (3, 3, 3));
 }
 
+#[tokio::test]
+async fn the_bytes_held_by_forwarded_requests_are_bounded_too() {
+    let (release, hold) = watch::channel(false);
+    let srv = Server::start("srv1.test", SRV_REALM, Mode::Hold(hold)).await;
+    let mut c = config(AGENT, AGENT_REALM, &[apps::RELAY]);
+    c.connection.max_message_size = 8 * 1024;
+    c.max_forward_bytes = 8 * 1024;
+    let (agent, agent_addr, _) = agent_with(c).await;
+    let g = group(vec![upstream(&agent, "srv1.test", srv.addr).await]).await;
+    agent.set_routes(relay_to(SRV_REALM, &g));
+    let (_client, to_agent) = client_of(agent_addr).await;
+    // Two requests of 3 KiB fit in 8 KiB; a third does not.
+    let big = |n: u32| ccr_builder(n, SRV_REALM).avp(avps::USER_NAME, "x".repeat(3000)).build();
+    let mut held = JoinSet::new();
+    for n in 0..2 {
+        let (p, req) = (to_agent.clone(), big(n));
+        held.spawn(async move { p.send(req).await });
+    }
+    eventually("two requests held at the server", || srv.count() == 2).await;
+    let req = big(2);
+    assert_agent_answer(&to_agent.send(req.clone()).await.unwrap(), 3004, &req);
+    // A small one still fits beside them.
+    let (p, small) = (to_agent.clone(), ccr(3, SRV_REALM));
+    held.spawn(async move { p.send(small).await });
+    eventually("the small request reached the server", || srv.count() == 3).await;
+    release.send_replace(true);
+    while let Some(j) = held.join_next().await {
+        assert_eq!(rc(&j.unwrap().unwrap()), Some(2001));
+    }
+    eventually("the forwarding table empty", || agent.agent_stats().in_flight == 0).await;
+    let req = big(4);
+    assert_eq!(rc(&to_agent.send(req).await.unwrap()), Some(2001), "its bytes came back");
+}
+
 // ---- 5. 3002 -----------------------------------------------------------------
 
 #[tokio::test]
