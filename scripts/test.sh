@@ -3,8 +3,9 @@
 #
 # Installs the real peers when they are missing (Debian packages, needs
 # root for apt-get): freeDiameterd, tshark, Wireshark's dictionaries and
-# Erlang/OTP diameter and ssl. With the peers required (DIAM_REQUIRE_PEERS=1, set
-# here), an interop test whose peer is missing fails instead of skipping.
+# Erlang/OTP diameter and ssl; python-diameter (PyPI) with pip. With the
+# peers required (DIAM_REQUIRE_PEERS=1, set here), an interop test whose
+# peer is missing fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,13 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
+fi
+
+# python-diameter (PyPI), the third independent stack: pip, not apt.
+if ! python3 -c 'import diameter' >/dev/null 2>&1; then
+  echo "test.sh: installing missing peer: python-diameter==0.9.0 (pip)" >&2
+  python3 -m pip install --quiet python-diameter==0.9.0 >&2 \
+    || python3 -m pip install --quiet --break-system-packages python-diameter==0.9.0 >&2
 fi
 
 export DIAM_REQUIRE_PEERS=1

@@ -11,7 +11,9 @@
 %%         this script) and answers every CCR with a CCA carrying the request's
 %%         Session-Id, CC-Request-Type/-Number and Result-Code (default 2001).
 %%         Prints "READY <port>" once listening, one "REQUEST ..." line per
-%%         request, "PEER_UP/PEER_DOWN <host>" on connection events.  Runs until
+%%         request (for a CCR: "REQUEST CCR from=<peer> session=S type=T
+%%         number=N origin_host=H dest_realm=R route_record=ID1,ID2|-", the
+%%         last three as the request carried them), "PEER_UP/PEER_DOWN <host>" on connection events.  Runs until
 %%         SIGTERM, stdin EOF (only with --stdin), or --max-seconds; it then
 %%         stops the service, which sends DPR to every connected peer.
 %% client: connects to ADDR:PORT, does CER/CEA, prints "READY <port>", sends N
@@ -35,6 +37,10 @@
 %%   --linger-ms MS        client: wait before disconnecting
 %%   --max-seconds S       hard lifetime limit (default 120)
 %%   --stdin               also stop on stdin EOF or a "stop" line
+%%   --answer-details      client: after each "ANSWER <i> <rc>" line, also print
+%%                         "ANSWER_DETAILS <i> origin_host=H error_bit=true|false
+%%                         error_reporting_host=H|-" (who answered, e.g. a relay
+%%                         in between or the server behind it)
 %%
 %% TLS options (all three files are needed for TLS; PEM):
 %%   --tls-cert F --tls-key F --tls-ca F
@@ -119,6 +125,7 @@ opts(["--result-code", V | T], M) -> opts(T, M#{result_code => list_to_integer(V
 opts(["--linger-ms", V | T], M) -> opts(T, M#{linger_ms => list_to_integer(V)});
 opts(["--max-seconds", V | T], M) -> opts(T, M#{max_seconds => list_to_integer(V)});
 opts(["--stdin" | T], M) -> opts(T, M#{stdin => true});
+opts(["--answer-details" | T], M) -> opts(T, M#{answer_details => true});
 opts(["--tls-cert", V | T], M) -> opts(T, M#{tls_cert => V});
 opts(["--tls-key", V | T], M) -> opts(T, M#{tls_key => V});
 opts(["--tls-ca", V | T], M) -> opts(T, M#{tls_ca => V});
@@ -453,6 +460,13 @@ send_ccr(SId, I, N, O) ->
             'AVP' => [#diameter_avp{code = 7777, vendor_id = 99999, is_mandatory = false,
                                     data = <<16#de, 16#ad, 16#be, 16#ef, 16#01>>}]},
     case diameter:call(?SVC, dcca, ['CCR' | Ccr], [{timeout, 5000}]) of
+        {details, [_Name | Ans], IsError} when is_map(Ans) ->
+            RC = result_code(Ans),
+            say("ANSWER ~b ~p", [I, RC]),
+            say("ANSWER_DETAILS ~b origin_host=~s error_bit=~p error_reporting_host=~s",
+                [I, avp_text(maps:get('Origin-Host', Ans, undefined)), IsError,
+                 avp_text(maps:get('Error-Reporting-Host', Ans, undefined))]),
+            RC;
         [_Name | Ans] when is_map(Ans) ->
             RC = result_code(Ans),
             say("ANSWER ~b ~p", [I, RC]),
@@ -461,6 +475,13 @@ send_ccr(SId, I, N, O) ->
             say("ERROR ~b ~0p", [I, Other]),
             error
     end.
+
+%% An AVP value as text: "-" when absent, the first of a list.
+avp_text(undefined) -> "-";
+avp_text([]) -> "-";
+avp_text([V | _]) when not is_integer(V) -> avp_text(V);
+avp_text(V) when is_binary(V) -> binary_to_list(V);
+avp_text(V) -> lists:flatten(io_lib:format("~0p", [V])).
 
 result_code(#{'Result-Code' := [RC]}) -> RC;
 result_code(#{'Result-Code' := RC}) when is_integer(RC) -> RC;
@@ -698,7 +719,11 @@ prepare_request(Pkt, _Svc, _Peer) -> {send, Pkt}.
 
 prepare_retransmit(Pkt, _Svc, _Peer) -> {send, Pkt}.
 
-handle_answer(#diameter_packet{msg = Msg}, _Req, _Svc, _Peer) -> Msg.
+handle_answer(#diameter_packet{msg = Msg, header = Hdr}, _Req, _Svc, _Peer) ->
+    case maps:get(answer_details, persistent_term:get(?MODULE), false) of
+        true -> {details, Msg, Hdr#diameter_header.is_error};
+        false -> Msg
+    end.
 
 handle_error(Reason, _Req, _Svc, _Peer) -> {error, Reason}.
 
@@ -707,7 +732,15 @@ handle_request(#diameter_packet{msg = ['CCR' | Req]}, _Svc, {_, Caps}) ->
     #diameter_caps{origin_host = {OH, PeerHost}, origin_realm = {OR, _}} = Caps,
     #{'Session-Id' := SId, 'CC-Request-Type' := Type, 'CC-Request-Number' := Num} = Req,
     RC = maps:get(result_code, O),
-    say("REQUEST CCR from=~s session=~s type=~b number=~b", [PeerHost, SId, Type, Num]),
+    %% Origin-Host, Destination-Realm and the Route-Record list (in order,
+    %% comma-separated, "-" when there is none) as the request arrived: what a
+    %% relay in between added shows here.
+    RR = case maps:get('Route-Record', Req, []) of
+             [] -> "-";
+             L -> lists:join(",", [binary_to_list(iolist_to_binary(R)) || R <- L])
+         end,
+    say("REQUEST CCR from=~s session=~s type=~b number=~b origin_host=~s dest_realm=~s route_record=~s",
+        [PeerHost, SId, Type, Num, maps:get('Origin-Host', Req), maps:get('Destination-Realm', Req), RR]),
     Mscc = case RC of
                2001 ->
                    [[{'Granted-Service-Unit', [[{'CC-Time', [3600]},

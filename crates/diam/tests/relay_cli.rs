@@ -30,34 +30,39 @@ fn readme_config() -> String {
 }
 
 fn send(addr: SocketAddr, realm: &str) -> serde_json::Value {
-    let peer = addr.to_string();
-    let f = run_diam(
-        &[
-            "send",
-            "--peer",
-            &peer,
-            "--app",
-            "4",
-            "--command",
-            "272",
-            "--avp",
-            "Session-Id=relay-cli;1",
-            "--avp",
-            &format!("Destination-Realm={realm}"),
-            "--avp",
-            "Auth-Application-Id=4",
-            "--avp",
-            "Service-Context-Id=32251@3gpp.org",
-            "--avp",
-            "CC-Request-Type=1",
-            "--avp",
-            "CC-Request-Number=0",
-            "--timeout-ms",
-            "8000",
-        ],
-        30,
-    );
-    json_stdout(&f)
+    json_stdout(&send_to(&addr.to_string(), realm, &[]))
+}
+
+fn send_to(peer: &str, realm: &str, extra: &[String]) -> Finished {
+    let mut args: Vec<String> = [
+        "send",
+        "--peer",
+        peer,
+        "--app",
+        "4",
+        "--command",
+        "272",
+        "--avp",
+        "Session-Id=relay-cli;1",
+        "--avp",
+        &format!("Destination-Realm={realm}"),
+        "--avp",
+        "Auth-Application-Id=4",
+        "--avp",
+        "Service-Context-Id=32251@3gpp.org",
+        "--avp",
+        "CC-Request-Type=1",
+        "--avp",
+        "CC-Request-Number=0",
+        "--timeout-ms",
+        "8000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_diam(&refs, 30)
 }
 
 fn result_code(answer: &serde_json::Value) -> Option<u64> {
@@ -181,6 +186,81 @@ fn relay_forwards_to_serve_and_serve_reads_its_config() {
     assert_eq!(result_code(&send(addr, "localdomain")), Some(2001));
     serve.signal("TERM");
     assert!(serve.wait_exit(Duration::from_secs(15)).is_some());
+}
+
+/// Agents face other operators: TLS on both sides of the relay, and only
+/// the allowed client gets in.
+#[test]
+fn relay_over_tls_admits_only_the_allowed_client() {
+    let dir = TempDir::new("relay-tls");
+    let pki = certs::Pki::new("Relay TLS CA");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let tls = |id: &str| -> Vec<String> {
+        let (cert, key) = pki.leaf(&[id]).write(dir.path(), id);
+        vec![
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+            "--tls-ca".into(),
+            ca.display().to_string(),
+        ]
+    };
+    let mut cmd = diam();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--origin-host", "ocs.tls.test"])
+        .args(["--origin-realm", "tls.test", "--allow", "relay.tls.test"])
+        .args(tls("ocs.tls.test"));
+    let mut serve = Proc::spawn("diam-serve", &cmd, false).unwrap();
+    listening(&serve, "diam serve");
+    let line = serve.out.find(|l| l.contains("\"listening\"")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let serve_tls = v["tls_addr"].as_str().unwrap().to_string();
+    let mut cmd = diam();
+    cmd.args(["relay", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+        .args(["--origin-host", "relay.tls.test", "--origin-realm", "tls.test", "--allow", "good.client.test"])
+        .args(["--route", &format!("tls.test=ocs.tls.test=aaas://{serve_tls}")])
+        .args(tls("relay.tls.test"));
+    let mut relay = Proc::spawn("diam-relay", &cmd, false).unwrap();
+    listening(&relay, "diam relay");
+    let line = relay.out.find(|l| l.contains("\"listening\"")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let relay_tls = v["tls_addr"].as_str().unwrap().to_string();
+    relay
+        .out
+        .wait_for(Duration::from_secs(20), |l| l.contains("\"peer_up\"") && l.contains("\"tls\""))
+        .unwrap_or_else(|| panic!("the relay did not reach serve over TLS\n{}", relay.dump()));
+    let peer = format!("relay.tls.test=aaas://{relay_tls}");
+    let mut good = tls("good.client.test");
+    good.extend([
+        "--origin-host".to_string(),
+        "good.client.test".into(),
+        "--origin-realm".into(),
+        "client.test".into(),
+    ]);
+    let f = send_to(&peer, "tls.test", &good);
+    let a = json_stdout(&f);
+    assert_eq!(result_code(&a), Some(2001), "{}", f.describe());
+    assert_eq!(avp_values(&a, 264), vec!["\"ocs.tls.test\"".to_string()], "{a}");
+    // A client with a valid certificate but not on the allow-list: 3010.
+    let mut other = tls("other.client.test");
+    other.extend([
+        "--origin-host".to_string(),
+        "other.client.test".into(),
+        "--origin-realm".into(),
+        "client.test".into(),
+    ]);
+    let f = send_to(&peer, "tls.test", &other);
+    assert_ne!(f.code(), Some(0), "{}", f.describe());
+    assert!(f.stderr.contains("3010"), "{}", f.describe());
+    relay.signal("TERM");
+    serve.signal("TERM");
+    assert!(relay.wait_exit(Duration::from_secs(15)).is_some());
+    assert!(serve.wait_exit(Duration::from_secs(15)).is_some());
+    let stopped: serde_json::Value =
+        serde_json::from_str(&relay.out.find(|l| l.contains("\"stopped\"")).unwrap()).unwrap();
+    assert_eq!(stopped["forwarded"], 1, "{stopped}");
+    assert_eq!(stopped["answered"], 1, "{stopped}");
 }
 
 #[test]

@@ -10,8 +10,9 @@
 //!   a missing peer fails the test; otherwise the test prints a loud
 //!   `SKIPPED` line and returns.
 //! * Launchers: [`FreeDiameter`], [`start_erlang_server`],
-//!   [`start_erlang_client`], [`start_serve`]; [`Capture`] (tcpdump on `lo`
-//!   with a port filter) and [`tshark_pdus`].
+//!   [`start_erlang_client`], [`start_serve`], the python-diameter client
+//!   script ([`py_client_script`], [`python_diameter_available`]);
+//!   [`Capture`] (tcpdump on `lo` with a port filter) and [`tshark_pdus`].
 //!
 //! All traffic is on 127.0.0.1 (freeDiameterd binds 0.0.0.0 because it
 //! drops loopback `ListenOn` addresses; the tests only connect to
@@ -43,6 +44,11 @@ pub(crate) fn fd_conf_script() -> PathBuf {
 
 pub(crate) fn erlang_escript() -> PathBuf {
     repo_root().join("interop/erlang/interop_peer.escript")
+}
+
+/// The python-diameter client (`interop/python/py_client.py`).
+pub(crate) fn py_client_script() -> PathBuf {
+    repo_root().join("interop/python/py_client.py")
 }
 
 pub(crate) fn diam_bin() -> &'static str {
@@ -110,6 +116,18 @@ pub(crate) fn erlang_available() -> bool {
         let mut cmd = Command::new("erl");
         cmd.args(["-noshell", "-eval", "halt(case code:lib_dir(diameter) of {error, _} -> 1; _ -> 0 end)"]);
         run(&mut cmd, 30).success()
+    })
+}
+
+/// python3 with python-diameter (PyPI `python-diameter`, module
+/// `diameter`, whose `diameter.node` the client script uses).
+pub(crate) fn python_diameter_available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if !in_path("python3") || !py_client_script().exists() {
+            return false;
+        }
+        run(Command::new("python3").args(["-c", "import diameter.node"]), 30).success()
     })
 }
 
