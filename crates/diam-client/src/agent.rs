@@ -178,7 +178,7 @@ impl Route {
                 g.members()
                     .iter()
                     .map(|p| {
-                        let peer = p.shared.label().to_string();
+                        let peer = p.shared.name.to_string();
                         (
                             metrics::counter!("diam_relay_peer_forwarded_total", "route" => r.clone(), "peer" => peer.clone()),
                             metrics::counter!("diam_relay_peer_answered_total", "route" => r.clone(), "peer" => peer),

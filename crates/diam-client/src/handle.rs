@@ -172,6 +172,10 @@ pub(crate) struct PeerShared {
     pub(crate) id: ConnectionId,
     /// The identity (once known) or the dial address: for events and logs.
     pub(crate) label: Mutex<Arc<str>>,
+    /// The label the peer was created with (its configured identity, or
+    /// its dial address), never changed: for metric labels, which must be
+    /// stable.
+    pub(crate) name: Arc<str>,
     /// Where the peer is dialled, if anywhere.
     pub(crate) target: Option<PeerAddr>,
     /// The same, as events carry it.
@@ -237,6 +241,7 @@ impl PeerShared {
     pub(crate) fn new(init: SharedInit) -> Arc<PeerShared> {
         Arc::new(PeerShared {
             id: ConnectionId::unique(),
+            name: init.label.clone(),
             label: Mutex::new(init.label),
             target: init.target,
             remote: init.remote,
