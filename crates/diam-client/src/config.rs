@@ -32,8 +32,10 @@ pub struct ConnectionConfig {
     /// Maximum requests awaiting an answer; `send` waits for room,
     /// `try_send` fails with `Overloaded`. Default 4096.
     pub max_pending: usize,
-    /// Maximum incoming requests handled concurrently; beyond it requests
-    /// get 3004 DIAMETER_TOO_BUSY. Default 1024.
+    /// Maximum incoming requests handled concurrently per peer; beyond it
+    /// requests get 3004 DIAMETER_TOO_BUSY. An agent applies it to the
+    /// requests each peer has being forwarded too, so one peer cannot take
+    /// the whole forwarding table. Default 1024.
     pub max_concurrent_handlers: usize,
     /// Maximum accepted message size. Default 1 MiB
     /// ([`diam_proto::DEFAULT_MAX_MESSAGE_SIZE`]).

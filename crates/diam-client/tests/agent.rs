@@ -385,6 +385,36 @@ async fn a_full_forwarding_table_gets_3004_and_its_places_come_back() {
 }
 
 #[tokio::test]
+async fn one_peer_cannot_take_the_whole_forwarding_table() {
+    let (release, hold) = watch::channel(false);
+    let srv = Server::start("srv1.test", SRV_REALM, Mode::Hold(hold)).await;
+    let mut c = config(AGENT, AGENT_REALM, &[apps::RELAY]);
+    c.connection.max_concurrent_handlers = 2;
+    let (agent, agent_addr, _) = agent_with(c).await;
+    let g = group(vec![upstream(&agent, "srv1.test", srv.addr).await]).await;
+    agent.set_routes(relay_to(SRV_REALM, &g));
+    let (_greedy, greedy) = client_of(agent_addr).await;
+    let mut held = JoinSet::new();
+    for n in 0..2 {
+        let p = greedy.clone();
+        held.spawn(async move { p.send(ccr(n, SRV_REALM)).await });
+    }
+    eventually("two requests held at the server", || srv.count() == 2).await;
+    let req = ccr(2, SRV_REALM);
+    assert_agent_answer(&greedy.send(req.clone()).await.unwrap(), 3004, &req);
+    // Another peer still has its share.
+    let other = Node::builder(config("other.test", "client.test", &[4])).build().unwrap();
+    let to_agent = other.connect(agent_addr.into()).await.unwrap();
+    let p = to_agent.clone();
+    held.spawn(async move { p.send(ccr(3, SRV_REALM)).await });
+    eventually("the other peer's request reached the server", || srv.count() == 3).await;
+    release.send_replace(true);
+    while let Some(j) = held.join_next().await {
+        assert_eq!(rc(&j.unwrap().unwrap()), Some(2001));
+    }
+}
+
+#[tokio::test]
 async fn the_bytes_held_by_forwarded_requests_are_bounded_too() {
     let (release, hold) = watch::channel(false);
     let srv = Server::start("srv1.test", SRV_REALM, Mode::Hold(hold)).await;

@@ -360,7 +360,10 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
     }
     let tls = load_tls(&args.tls)?;
     let identity = args.identity.to_identity();
-    let cfg = config(&identity, &args.tuning, &[], &args.tls)?;
+    let mut cfg = config(&identity, &args.tuning, &[], &args.tls)?;
+    // Each peer may have as many requests being forwarded as it may have
+    // pending with us (--max-pending).
+    cfg.max_concurrent_handlers = cfg.max_pending;
     let rt = crate::peer_cmd::runtime()?;
     if let Some(metrics_addr) = args.metrics {
         let _in_runtime = rt.enter();

@@ -167,7 +167,9 @@ impl PeerTask {
             self.agent_error(link, &req, result_codes::DIAMETER_LOOP_DETECTED, route.as_deref());
             return Decision::Done;
         }
-        let Some(slot) = self.node.agent.slot(req.len()) else {
+        // This peer's share of the forwarding table, then the table.
+        let share = self.forwards.len() < self.node.config.connection.max_concurrent_handlers;
+        let Some(slot) = share.then(|| self.node.agent.slot(req.len())).flatten() else {
             self.agent_error(link, &req, result_codes::DIAMETER_TOO_BUSY, route.as_deref());
             return Decision::Done;
         };
