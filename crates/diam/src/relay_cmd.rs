@@ -177,12 +177,12 @@ fn policy(spec: &RouteSpec, dictionary: &Arc<Dictionary>) -> Result<AvpPolicy, F
 /// Resolves route peers to node peers, adding each once: an identity alone
 /// is a peer that connects to us (or one `--connect` names); an address is
 /// dialled (`aaa://NAME` names its identity, a bare address learns it).
-struct Peers<'a> {
-    node: &'a Node,
+struct Peers {
+    node: Node,
     by_item: HashMap<String, PeerHandle>,
 }
 
-impl Peers<'_> {
+impl Peers {
     fn get(&mut self, item: &str) -> Result<PeerHandle, Failure> {
         if let Some(h) = self.by_item.get(item) {
             return Ok(h.clone());
@@ -216,12 +216,7 @@ impl Peers<'_> {
     }
 }
 
-fn action(
-    spec: &RouteSpec,
-    peers: &mut Peers<'_>,
-    strategy: Strategy,
-    dict: &Arc<Dictionary>,
-) -> Result<Action, Failure> {
+fn action(spec: &RouteSpec, peers: &mut Peers, strategy: Strategy, dict: &Arc<Dictionary>) -> Result<Action, Failure> {
     let name = spec.realm.as_deref().unwrap_or("default");
     match spec.action.as_str() {
         "local" => Ok(Action::Local),
@@ -252,6 +247,73 @@ fn action(
             Err(Failure::input(format!("route {name}: action {other:?}: expected relay, proxy, redirect or local")))
         }
     }
+}
+
+/// Builds the routing table of `specs` and `default`, adding the peers they
+/// name that the node does not have yet.
+fn table(
+    specs: &[RouteSpec],
+    default: Option<&RouteSpec>,
+    peers: &mut Peers,
+    strategy: Strategy,
+    dict: &Arc<Dictionary>,
+) -> Result<RoutingTable, Failure> {
+    let mut table = RoutingTable::new();
+    for s in specs {
+        let a = action(s, peers, strategy, dict)?;
+        let realm = s.realm.as_deref().unwrap_or_default();
+        table = table.route(realm, s.app, a).map_err(|e| Failure::input(e.to_string()))?;
+    }
+    if let Some(d) = default {
+        table = table.default_route(action(d, peers, strategy, dict)?);
+    }
+    Ok(table)
+}
+
+/// The routes of the file at `path`.
+fn file_routes(path: &Path) -> Result<(Vec<RouteSpec>, Option<RouteSpec>), Failure> {
+    let file = config_file::load(path)?;
+    let specs = file.routes.into_iter().map(|r| RouteSpec::from_file(r, false)).collect::<Result<Vec<_>, _>>()?;
+    let default = file.default_route.map(|d| RouteSpec::from_file(d, true)).transpose()?;
+    if specs.is_empty() && default.is_none() {
+        return Err(Failure::input("no route"));
+    }
+    if specs.len() > MAX_ROUTES {
+        return Err(Failure::input(format!("at most {MAX_ROUTES} routes")));
+    }
+    Ok((specs, default))
+}
+
+/// SIGHUP re-reads the routes of `--config` and swaps the routing table
+/// without dropping traffic (requests under way finish on their old
+/// route). Peers the new routes name are added; peers no route names any
+/// more stay connected. A file that does not parse keeps the old table.
+#[cfg(unix)]
+fn reload_routes_on_hangup(
+    path: std::path::PathBuf,
+    mut peers: Peers,
+    strategy: Strategy,
+    dict: Arc<Dictionary>,
+    out: Arc<Mutex<()>>,
+) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let built = file_routes(&path).and_then(|(specs, default)| {
+                Ok((specs.len(), table(&specs, default.as_ref(), &mut peers, strategy, &dict)?))
+            });
+            match built {
+                Ok((n, t)) => {
+                    peers.node.set_routes(t);
+                    eprintln!("diam relay: routes reloaded from {}", path.display());
+                    let _guard = out.lock();
+                    let _ = print_json(&json!({"event": "routes_reloaded", "routes": n}));
+                }
+                Err(f) => eprintln!("diam relay: reloading routes failed, keeping the old ones: {}", f.message),
+            }
+        }
+    });
 }
 
 pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failure> {
@@ -297,7 +359,8 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
     if tls_listen.is_some() && args.tls.tls_cert.is_none() {
         return Err(Failure::input("--tls-listen needs --tls-cert, --tls-key and --tls-ca"));
     }
-    // Routes: the flags', else the file's.
+    // Routes: the flags', else the file's (then SIGHUP re-reads them).
+    let mut routes_from_file = false;
     let mut specs = Vec::new();
     let mut default = None;
     if !args.route.is_empty() || args.default_route.is_some() {
@@ -312,6 +375,7 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
             default = Some(RouteSpec::relay(None, None, peers));
         }
     } else {
+        routes_from_file = true;
         for r in std::mem::take(&mut file.routes) {
             specs.push(RouteSpec::from_file(r, false)?);
         }
@@ -400,17 +464,8 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
             added.map_err(|e| Failure::input(format!("--connect: {e}")))?;
         }
         let dict = Arc::new(Dictionary::base().clone());
-        let mut peers = Peers { node: &node, by_item: HashMap::new() };
-        let mut table = RoutingTable::new();
-        for s in &specs {
-            let a = action(s, &mut peers, args.strategy, &dict)?;
-            let realm = s.realm.as_deref().unwrap_or_default();
-            table = table.route(realm, s.app, a).map_err(|e| Failure::input(e.to_string()))?;
-        }
-        if let Some(d) = &default {
-            table = table.default_route(action(d, &mut peers, args.strategy, &dict)?);
-        }
-        node.set_routes(table);
+        let mut peers = Peers { node: node.clone(), by_item: HashMap::new() };
+        node.set_routes(table(&specs, default.as_ref(), &mut peers, args.strategy, &dict)?);
         let addr = node.listen_tcp(listen).await.map_err(|e| Failure::failed(e.to_string()))?;
         let tls_addr = match tls_listen {
             Some(a) => Some(node.listen_tls(a).await.map_err(|e| Failure::failed(e.to_string()))?),
@@ -427,6 +482,10 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
         #[cfg(unix)]
         if args.tls.tls_cert.is_some() {
             reload_on_hangup(node.clone(), args.tls.clone(), "diam relay");
+        }
+        #[cfg(unix)]
+        if let (Some(path), true) = (args.config.clone(), routes_from_file) {
+            reload_routes_on_hangup(path, peers, args.strategy, dict, out.clone());
         }
         shutdown_signal("diam relay").await;
         node.shutdown(Duration::from_secs(5)).await;

@@ -188,6 +188,73 @@ fn relay_forwards_to_serve_and_serve_reads_its_config() {
     assert!(serve.wait_exit(Duration::from_secs(15)).is_some());
 }
 
+/// SIGHUP to the relay itself: `Proc` runs it under `timeout`, which
+/// would forward the signal but then arm its kill-after timer.
+fn hangup(proc: &Proc) {
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", proc.pid())).unwrap_or_default();
+    let pid: i64 = children.split_whitespace().next().and_then(|p| p.parse().ok()).expect("the relay under timeout");
+    send_signal(pid, "HUP");
+}
+
+/// SIGHUP re-reads the file's routes: traffic moves to the new upstream,
+/// and a file that does not parse keeps the old table.
+#[test]
+fn sighup_reloads_the_routes_of_the_file() {
+    let dir = TempDir::new("relay-reload");
+    let mut serves = Vec::new();
+    for id in ["a.up.test", "b.up.test"] {
+        let mut cmd = diam();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--origin-host", id, "--origin-realm", "up.test"]);
+        let p = Proc::spawn(id, &cmd, false).unwrap();
+        let addr = listening(&p, id);
+        serves.push((p, addr));
+    }
+    let config = dir.path().join("relay.toml");
+    let write = |to: SocketAddr| {
+        std::fs::write(
+            &config,
+            format!("listen = \"127.0.0.1:0\"\n[[routes]]\nrealm = \"up.test\"\npeers = [\"{to}\"]\n"),
+        )
+        .unwrap()
+    };
+    write(serves[0].1);
+    let mut cmd = diam();
+    cmd.args(["relay", "--config"]).arg(&config);
+    let mut relay = Proc::spawn("diam-relay", &cmd, false).unwrap();
+    let addr = listening(&relay, "diam relay");
+    relay
+        .out
+        .wait_for(Duration::from_secs(20), |l| l.contains("\"peer_up\"") && l.contains("a.up.test"))
+        .unwrap_or_else(|| panic!("{}", relay.dump()));
+    let origin = |a: &serde_json::Value| avp_values(a, 264);
+    assert_eq!(origin(&send(addr, "up.test")), vec!["\"a.up.test\"".to_string()]);
+    write(serves[1].1);
+    hangup(&relay);
+    relay
+        .out
+        .wait_for(Duration::from_secs(20), |l| l.contains("\"routes_reloaded\""))
+        .unwrap_or_else(|| panic!("no reload\n{}", relay.dump()));
+    relay
+        .out
+        .wait_for(Duration::from_secs(20), |l| l.contains("\"peer_up\"") && l.contains("b.up.test"))
+        .unwrap_or_else(|| panic!("{}", relay.dump()));
+    assert_eq!(origin(&send(addr, "up.test")), vec!["\"b.up.test\"".to_string()]);
+    // A broken file keeps the table.
+    std::fs::write(&config, "listen = [\n").unwrap();
+    hangup(&relay);
+    relay
+        .err
+        .wait_for(Duration::from_secs(20), |l| l.contains("keeping the old ones"))
+        .unwrap_or_else(|| panic!("{}", relay.dump()));
+    assert_eq!(origin(&send(addr, "up.test")), vec!["\"b.up.test\"".to_string()]);
+    relay.signal("TERM");
+    assert!(relay.wait_exit(Duration::from_secs(15)).is_some());
+    for (mut p, _) in serves {
+        p.signal("TERM");
+        assert!(p.wait_exit(Duration::from_secs(15)).is_some());
+    }
+}
+
 /// Agents face other operators: TLS on both sides of the relay, and only
 /// the allowed client gets in.
 #[test]
