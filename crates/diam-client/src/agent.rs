@@ -156,8 +156,16 @@ pub(crate) struct RouteMetrics {
     pub(crate) answered: metrics::Counter,
     pub(crate) retransmitted: metrics::Counter,
     pub(crate) latency: metrics::Histogram,
-    /// Per group member: forwarded, answered.
-    pub(crate) members: Vec<(metrics::Counter, metrics::Counter)>,
+    /// Per group member, in the group's order.
+    pub(crate) members: Vec<MemberMetrics>,
+}
+
+/// One route member's metric handles.
+pub(crate) struct MemberMetrics {
+    pub(crate) forwarded: metrics::Counter,
+    pub(crate) answered: metrics::Counter,
+    pub(crate) retransmitted: metrics::Counter,
+    pub(crate) latency: metrics::Histogram,
 }
 
 /// One entry of the routing table.
@@ -179,10 +187,13 @@ impl Route {
                     .iter()
                     .map(|p| {
                         let peer = p.shared.name.to_string();
-                        (
-                            metrics::counter!("diam_relay_peer_forwarded_total", "route" => r.clone(), "peer" => peer.clone()),
-                            metrics::counter!("diam_relay_peer_answered_total", "route" => r.clone(), "peer" => peer),
-                        )
+                        let labels = [("route", r.clone()), ("peer", peer)];
+                        MemberMetrics {
+                            forwarded: metrics::counter!("diam_relay_peer_forwarded_total", &labels),
+                            answered: metrics::counter!("diam_relay_peer_answered_total", &labels),
+                            retransmitted: metrics::counter!("diam_relay_peer_retransmitted_total", &labels),
+                            latency: metrics::histogram!("diam_relay_peer_latency_seconds", &labels),
+                        }
                     })
                     .collect()
             })

@@ -328,6 +328,9 @@ fn check_run(run: &Run) -> u64 {
     let retransmitted = n(&run.relay, "retransmitted");
     // Counted by the relay as each retransmission is written upstream.
     assert_eq!(t_flags, m("diam_relay_retransmitted_total", &format!("route=\"{ROUTE}\"")), "{ctx}");
+    // ... all of them to A, per the relay's per-peer series.
+    assert_eq!(t_flags, pm("diam_relay_peer_retransmitted_total", run.a), "{ctx}");
+    assert_eq!(pm("diam_relay_peer_retransmitted_total", run.b), 0, "never back to the peer that failed\n{ctx}");
     // The stopped line counts the decision to retransmit; one with no peer
     // left to take it becomes a 3002 instead.
     assert!(t_flags <= retransmitted && retransmitted <= t_flags + unable, "{ctx}");

@@ -282,11 +282,15 @@ impl PeerTask {
                     let member = ticket.as_ref().map(Ticket::member);
                     if let Some(r) = &f.route {
                         r.metrics.forwarded.increment(1);
-                        if let Some((fwd, _)) = member.and_then(|m| r.metrics.members.get(m)) {
-                            fwd.increment(1);
+                        let m = member.and_then(|m| r.metrics.members.get(m));
+                        if let Some(m) = m {
+                            m.forwarded.increment(1);
                         }
                         if f.retransmitted {
                             r.metrics.retransmitted.increment(1);
+                            if let Some(m) = m {
+                                m.retransmitted.increment(1);
+                            }
                         }
                     }
                     self.node.agent.counters.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -414,9 +418,11 @@ impl PeerTask {
         };
         if let Some(r) = &f.route {
             r.metrics.answered.increment(1);
-            r.metrics.latency.record(now.saturating_duration_since(f.started).as_secs_f64());
-            if let Some((_, ans)) = member.and_then(|m| r.metrics.members.get(m)) {
-                ans.increment(1);
+            let latency = now.saturating_duration_since(f.started).as_secs_f64();
+            r.metrics.latency.record(latency);
+            if let Some(m) = member.and_then(|m| r.metrics.members.get(m)) {
+                m.answered.increment(1);
+                m.latency.record(latency);
             }
         }
         let Some(l) = self.links.iter_mut().find(|l| l.id == f.link) else {
