@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use diam_proto::peer::PeerInfo;
 use diam_proto::routing::{redirect_of, AppMatch, RealmTable, RedirectUsage};
 use diam_proto::uri::PeerAddr;
@@ -327,6 +326,9 @@ pub(crate) struct AgentCounters {
 /// Most entries in the client-side redirect cache.
 const MAX_REDIRECT_CACHE: usize = 4096;
 
+/// Longest a redirect is cached, whatever Redirect-Max-Cache-Time says.
+const MAX_REDIRECT_TTL: Duration = Duration::from_secs(86_400);
+
 /// What a cached redirect applies to (RFC 6733 §6.13).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum RedirectKey {
@@ -369,8 +371,6 @@ pub(crate) struct Agent {
     routes: Mutex<Option<Arc<RoutingTable>>>,
     /// Bumped on every [`Node::set_routes`]; 0 while there is no table.
     pub(crate) generation: AtomicU64,
-    /// Our Route-Record AVP, encoded once.
-    pub(crate) route_record: Bytes,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) max_forwards: usize,
     /// Bytes of the requests in the forwarding table (kept for
@@ -382,13 +382,12 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    pub(crate) fn new(origin_host: &str, max_forwards: usize, max_bytes: usize) -> Agent {
+    pub(crate) fn new(max_forwards: usize, max_bytes: usize) -> Agent {
         Agent {
             bytes: AtomicUsize::new(0),
             max_bytes,
             routes: Mutex::new(None),
             generation: AtomicU64::new(0),
-            route_record: diam_proto::routing::route_record(origin_host),
             in_flight: AtomicUsize::new(0),
             max_forwards,
             counters: AgentCounters::default(),
@@ -403,15 +402,30 @@ impl Agent {
     }
 
     fn set(&self, table: RoutingTable) {
-        let mut g = lock(&self.routes);
-        *g = Some(Arc::new(table));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let old = {
+            let mut g = lock(&self.routes);
+            let old = g.replace(Arc::new(table));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            old
+        };
+        // Dropped outside the lock: its groups may hold the last handles.
+        drop(old);
     }
 
     /// Drops the table (the node is shutting down): its groups hold peer
-    /// handles that would otherwise keep the node alive.
+    /// handles that would otherwise keep the node alive. Peer tasks drop
+    /// their cached copy at their next request (the generation moves to one
+    /// with no table).
     pub(crate) fn clear(&self) {
-        lock(&self.routes).take();
+        let old = {
+            let mut g = lock(&self.routes);
+            let old = g.take();
+            if old.is_some() {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            old
+        };
+        drop(old);
     }
 
     /// Takes one place in the forwarding table for a request of `bytes`
@@ -466,13 +480,18 @@ impl Agent {
         }
         let now = Instant::now();
         let mut cache = lock(&self.redirects);
-        if cache.len() >= MAX_REDIRECT_CACHE {
+        if cache.len() >= MAX_REDIRECT_CACHE && !cache.contains_key(&key) {
             cache.retain(|_, (_, until)| *until > now);
             if cache.len() >= MAX_REDIRECT_CACHE {
-                return;
+                // Full of live entries (a redirect per session, say): the
+                // one that expires first makes room.
+                let first = cache.iter().min_by_key(|(_, (_, until))| *until).map(|(k, _)| k.clone());
+                if let Some(k) = first {
+                    cache.remove(&k);
+                }
             }
         }
-        cache.insert(key, (host.to_string(), now + ttl));
+        cache.insert(key, (host.to_string(), now + ttl.min(MAX_REDIRECT_TTL)));
     }
 }
 
@@ -526,16 +545,21 @@ impl Node {
     ///
     /// A 3006 DIAMETER_REDIRECT_INDICATION answer is followed once: the
     /// request goes to the first Redirect-Host that is a peer of this node
-    /// and open, and the redirect is cached for Redirect-Max-Cache-Time as
-    /// its Redirect-Host-Usage says (RFC 6733 §6.13). A redirect to a host
+    /// and open, and the redirect is cached for Redirect-Max-Cache-Time (at
+    /// most a day) as its Redirect-Host-Usage says (RFC 6733 §6.13; at most
+    /// 4096 entries, the one expiring first makes room). An open
+    /// Destination-Host peer comes before the cache. A redirect to a host
     /// the node does not know is not followed (a redirect agent must not
     /// make us dial arbitrary addresses): its answer is returned.
     pub async fn send(&self, request: Message) -> Result<Message, Error> {
         let agent = &self.shared().agent;
-        if let Some(peer) = agent.cached_redirect(&request).and_then(|h| self.open_peer(&h)) {
-            return peer.send(request).await;
+        let direct = self.destination_peer(&request);
+        if direct.is_none() {
+            if let Some(peer) = agent.cached_redirect(&request).and_then(|h| self.open_peer(&h)) {
+                return peer.send(request).await;
+            }
         }
-        let answer = match self.destination_peer(&request) {
+        let answer = match direct {
             Some(peer) => peer.send(request.clone()).await?,
             None => {
                 let realm = request.get(avps::DESTINATION_REALM).ok().flatten().map(str::to_string);

@@ -195,6 +195,8 @@ pub(crate) struct PeerTask {
     relayed: Option<(mpsc::UnboundedSender<Relayed>, mpsc::UnboundedReceiver<Relayed>)>,
     /// The node's routing table, with its generation.
     routes: Option<(u64, Arc<crate::agent::RoutingTable>)>,
+    /// The Route-Record an agent appends to this peer's requests.
+    route_record: Option<bytes::Bytes>,
 }
 
 pub(crate) struct TaskInit {
@@ -259,6 +261,7 @@ impl PeerTask {
             next_token: 0,
             relayed: None,
             routes: None,
+            route_record: None,
         }
     }
 
@@ -1261,9 +1264,16 @@ impl PeerTask {
             }
         };
         let e2e = match msg.end_to_end() {
-            0 => self.machine.ids().next_end_to_end(),
+            // A forwarded request keeps its End-to-End identifier, even 0.
+            0 if append.is_none() => self.machine.ids().next_end_to_end(),
             e => e,
         };
+        let extra = append.as_ref().map_or(0, |a| a.len());
+        if msg.len() + extra > diam_proto::MAX_LENGTH_FIELD {
+            // The appended Route-Record would not fit the 24-bit length.
+            reply.send(Err(Unanswered::unsent(Error::InvalidRequest("the message is too long to forward"))));
+            return;
+        }
         let Some(l) = self.links.iter_mut().find(|l| l.id == link) else {
             reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
             return;
@@ -1313,7 +1323,8 @@ impl PeerTask {
     /// is up).
     fn start_dpr_if_drained(&mut self, now: Instant) {
         let Some(c) = &mut self.closing else { return };
-        if c.dpr_sent || (!self.pending.is_empty() && now < c.drain_until) {
+        let busy = !self.pending.is_empty() || !self.forwards.is_empty() || !self.handler_requests.is_empty();
+        if c.dpr_sent || (busy && now < c.drain_until) {
             return;
         }
         c.dpr_sent = true;
@@ -1326,17 +1337,20 @@ impl PeerTask {
         if self.draining.is_empty() {
             return;
         }
-        let pending = &self.pending;
-        let ready: Vec<LinkId> = self
-            .draining
-            .iter()
-            .filter(|(l, until)| now >= *until || !pending.values().any(|p| p.link == *l))
-            .map(|(l, _)| *l)
-            .collect();
+        let ready: Vec<LinkId> =
+            self.draining.iter().filter(|(l, until)| now >= *until || !self.link_busy(*l)).map(|(l, _)| *l).collect();
         for l in ready {
             self.draining.retain(|(d, _)| *d != l);
             self.machine.disconnect_link(l, disconnect_cause::REBOOTING, now.into_std());
         }
+    }
+
+    /// Whether requests on `link` still wait: ours, or its peer's (being
+    /// forwarded or in a handler), whose answers must go back on it.
+    fn link_busy(&self, link: LinkId) -> bool {
+        self.pending.values().any(|p| p.link == link)
+            || self.forwards_on(link)
+            || self.handler_requests.values().any(|(l, _)| *l == link)
     }
 
     /// Drops heap entries of requests already answered from the top, so the

@@ -635,7 +635,7 @@ impl Ticket {
     /// Records the outcome in the member's health and breaker.
     pub(crate) fn finish(mut self, outcome: &Reply) {
         self.recorded = true;
-        self.group.record_member(self.member, self.probe, outcome, self.started.elapsed());
+        self.group.record_member(self.member, self.probe, outcome, self.started.elapsed(), true);
     }
 }
 
@@ -665,10 +665,12 @@ impl PeerGroup {
         }
         let mut excluded = [usize::MAX; MAX_ATTEMPTS];
         let mut n = 0;
-        for (i, m) in g.members.iter().enumerate() {
-            if n < MAX_ATTEMPTS && tried.contains(&m.peer.shared.id) {
-                excluded[n] = i;
-                n += 1;
+        if !tried.is_empty() {
+            for (i, m) in g.members.iter().enumerate() {
+                if n < MAX_ATTEMPTS && tried.contains(&m.peer.shared.id) {
+                    excluded[n] = i;
+                    n += 1;
+                }
             }
         }
         let attempt = g.pick(&excluded[..n])?;
@@ -679,9 +681,14 @@ impl PeerGroup {
         Some((peer, Ticket { group: self.inner.clone(), member, probe, recorded: false, started: Instant::now() }))
     }
 
-    /// Whether any member other than `tried` could be reserved now.
+    /// How many members the group has.
     pub(crate) fn member_count(&self) -> usize {
         self.inner.members.len()
+    }
+
+    /// Whether `id` is one of the group's peers.
+    pub(crate) fn has_member(&self, id: ConnectionId) -> bool {
+        self.inner.members.iter().any(|m| m.peer.shared.id == id)
     }
 
     /// A group of `members` (in order of preference for failover mode) on
@@ -995,6 +1002,32 @@ enum Verdict {
     Neutral,
 }
 
+/// The verdict on a member for a request an agent forwarded: an answer
+/// counts against the member only when the member itself says it cannot
+/// take the request (3002 UNABLE_TO_DELIVER or 3004 TOO_BUSY, reported by
+/// it: Error-Reporting-Host, or its Origin-Host when absent). Other 3xxx
+/// answers are about the request, or come from beyond the member; counting
+/// them would let a downstream client trip a route's breakers with requests
+/// it knows will fail.
+fn relayed_verdict(outcome: &Reply, member: &str) -> Verdict {
+    let Ok(answer) = outcome else { return verdict(outcome) };
+    let rc = result_code(answer);
+    let busy = matches!(rc, Some(result_codes::DIAMETER_UNABLE_TO_DELIVER | result_codes::DIAMETER_TOO_BUSY));
+    if !busy {
+        return Verdict::Success;
+    }
+    let reporter = answer
+        .get(diam_proto::avps::ERROR_REPORTING_HOST)
+        .ok()
+        .flatten()
+        .or_else(|| answer.get(diam_proto::avps::ORIGIN_HOST).ok().flatten());
+    if reporter.is_some_and(|h| h.eq_ignore_ascii_case(member)) {
+        verdict(outcome)
+    } else {
+        Verdict::Success
+    }
+}
+
 fn verdict(outcome: &Reply) -> Verdict {
     match outcome {
         Ok(answer) => match result_code(answer) {
@@ -1298,17 +1331,24 @@ impl GroupInner {
     /// Records one attempt's outcome in the member's health, breaker and
     /// balancer, and in the failover machine.
     fn record(&self, attempt: &Attempt<'_>, outcome: &Reply, latency: Duration) {
-        self.record_member(attempt.member, attempt.probe, outcome, latency);
+        self.record_member(attempt.member, attempt.probe, outcome, latency, false);
     }
 
-    fn record_member(&self, member: usize, probe: bool, outcome: &Reply, latency: Duration) {
+    /// Records one outcome. `relayed`: the request was forwarded for an
+    /// agent, so a 3xxx answer may come from further away than the member
+    /// (see [`relayed_verdict`]).
+    fn record_member(&self, member: usize, probe: bool, outcome: &Reply, latency: Duration, relayed: bool) {
         let c = &self.members[member].counters;
         match outcome {
             Ok(_) => c.answers.fetch_add(1, Ordering::Relaxed),
             Err(Unanswered { error: Error::Timeout, .. }) => c.timeouts.fetch_add(1, Ordering::Relaxed),
             Err(_) => c.errors.fetch_add(1, Ordering::Relaxed),
         };
-        let verdict = verdict(outcome);
+        let verdict = if relayed {
+            relayed_verdict(outcome, &self.members[member].peer.shared.label())
+        } else {
+            verdict(outcome)
+        };
         let now = Instant::now();
         let std_now = now.into_std();
         let mut out = Pending::default();

@@ -39,8 +39,8 @@
 //! * Agents ([`RoutingTable`], [`Node::set_routes`]): relay, proxy and
 //!   redirect routes by realm and application (RFC 6733 §2.7, §6.1).
 //!   Forwarding runs on the peer task that read the request (no task per
-//!   request): Hop-by-Hop rewritten, End-to-End kept, Route-Record
-//!   appended, loops refused (3005), a bounded forwarding table (3004),
+//!   request): Hop-by-Hop rewritten, End-to-End kept, Route-Record of
+//!   the sending peer appended, loops refused (3005), a bounded forwarding table (3004),
 //!   failover to an alternate with the T flag (§5.5.4), 3002/3003 when
 //!   there is nowhere to go. [`Node::send`] routes as a client and follows
 //!   a 3006 redirect once.

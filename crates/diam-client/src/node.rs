@@ -521,11 +521,7 @@ impl NodeBuilder {
         let limits =
             Arc::new(ConnectionLimits::new(self.config.max_connections, self.config.max_connections_per_source));
         let budget = Arc::new(BufferBudget::new(self.config.max_buffered_bytes));
-        let agent = Arc::new(crate::agent::Agent::new(
-            &c.peer.origin_host,
-            self.config.max_forwards,
-            self.config.max_forward_bytes,
-        ));
+        let agent = Arc::new(crate::agent::Agent::new(self.config.max_forwards, self.config.max_forward_bytes));
         let shared = Arc::new(NodeShared {
             peer_config: Arc::new(c.peer.clone()),
             handshakes: Arc::new(Semaphore::new(self.config.max_pending_handshakes)),

@@ -43,6 +43,8 @@ enum Mode {
     Hold(watch::Receiver<bool>),
     /// Never answers.
     Silent,
+    /// Answers this (protocol error) Result-Code, with the E bit.
+    Fail(u32),
 }
 
 /// A server node and what its handler saw.
@@ -65,15 +67,21 @@ impl Server {
             s.lock().unwrap().push(req.clone());
             let (mode, answers) = (mode.clone(), a.clone());
             async move {
+                let fail = match &mode {
+                    Mode::Fail(rc) => Some(*rc),
+                    _ => None,
+                };
                 match mode {
                     Mode::Silent => return Response::NoAnswer,
                     Mode::Hold(mut rx) => {
                         let _ = rx.wait_for(|go| *go).await;
                     }
-                    Mode::Answer => {}
+                    Mode::Answer | Mode::Fail(_) => {}
                 }
+                let (rc, e) = fail.map_or((2001, false), |rc| (rc, true));
                 let ans = Message::answer_to(&req)
-                    .avp(avps::RESULT_CODE, 2001u32)
+                    .error(e)
+                    .avp(avps::RESULT_CODE, rc)
                     .avp(avps::ORIGIN_HOST, host)
                     .avp(avps::ORIGIN_REALM, realm)
                     .avp(avps::CLASS, format!("served-by-{host}").into_bytes())
@@ -251,12 +259,13 @@ async fn relay_appends_route_record_keeps_everything_else_and_returns_the_answer
 
     let seen = srv.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), N as usize, "the server saw each request once");
-    let rr = route_record_bytes(AGENT);
+    // RFC 6733 §6.1.9: the identity of the peer the request came from.
+    let rr = route_record_bytes("client.test");
     for got in &seen {
         let n = got.get(avps::CC_REQUEST_NUMBER).unwrap().unwrap();
         let orig = &sent[n as usize];
         assert_eq!(got.end_to_end(), orig.end_to_end(), "End-to-End kept");
-        assert_eq!(route_records(got), ["edge.test", AGENT], "ours appended at the end");
+        assert_eq!(route_records(got), ["edge.test", "client.test"], "the sender's identity appended at the end");
         // Header: version, flags, command code, application, End-to-End the same.
         let (g, o) = (got.as_bytes(), orig.as_bytes());
         assert_eq!(g[0], o[0]);
@@ -615,7 +624,7 @@ async fn proxy_hook_rewrites_request_and_answer_and_can_refuse() {
             let users: Vec<_> = m.get_all(avps::USER_NAME).map(|u| u.unwrap().to_string()).collect();
             assert_eq!(users, ["masked"]);
             assert_eq!(m.get(avps::PROXY_STATE).unwrap(), Some(&b"policy"[..]));
-            assert_eq!(route_records(m), [AGENT]);
+            assert_eq!(route_records(m), ["client.test"]);
             let n = m.get(avps::CC_REQUEST_NUMBER).unwrap().unwrap();
             assert_eq!(m.end_to_end(), ccr(n, SRV_REALM).end_to_end(), "End-to-End kept through the hook");
         }
@@ -692,7 +701,7 @@ async fn failover_case(
     e2e.dedup();
     assert_eq!(e2e.len(), N, "each request's End-to-End identifier kept");
     for m in seen.iter().filter(|m| m.flags().is_retransmit()) {
-        assert_eq!(route_records(m), [AGENT]);
+        assert_eq!(route_records(m), ["client.test"]);
     }
     let stats = agent.agent_stats();
     assert_eq!(stats.retransmitted, stuck as u64);
@@ -761,6 +770,27 @@ async fn a_3002_from_upstream_is_tried_once_on_an_alternate() {
     assert_eq!(refusing.requests(), before + 1, "tried once");
 }
 
+/// A client whose requests the upstream refuses with a 3xxx about the
+/// request (here 3001) cannot trip the route's breaker or mark its peers
+/// dead: the member stays usable for everyone.
+#[tokio::test]
+async fn relayed_protocol_errors_about_the_request_leave_the_member_usable() {
+    let srv = Server::start("srv1.test", SRV_REALM, Mode::Fail(3001)).await;
+    let (agent, agent_addr, _) = start_agent().await;
+    let g = group(vec![upstream(&agent, "srv1.test", srv.addr).await]).await;
+    agent.set_routes(relay_to(SRV_REALM, &g));
+    let (_client, to_agent) = client_of(agent_addr).await;
+    for n in 0..40 {
+        let ans = to_agent.send(ccr(n, SRV_REALM)).await.unwrap();
+        assert_eq!(rc(&ans), Some(3001), "passed on, not replaced by the agent's 3002");
+        assert_eq!(ans.get(avps::ORIGIN_HOST).unwrap(), Some("srv1.test"));
+    }
+    assert_eq!(srv.count(), 40, "every request reached the server");
+    let h = g.health_statistics();
+    assert!(h[0].usable, "{h:?}");
+    assert_eq!(agent.agent_stats().local_answers, 0);
+}
+
 // ---- 9. Destination-Host and inbound upstreams --------------------------------
 
 #[tokio::test]
@@ -778,8 +808,11 @@ async fn destination_host_naming_a_connected_peer_beats_the_realm_route() {
             to_agent.send(ccr_builder(n, SRV_REALM).avp(avps::DESTINATION_HOST, "SRV2.test").build()).await.unwrap();
         assert_eq!(ans.get(avps::ORIGIN_HOST).unwrap(), Some("srv2.test"));
     }
-    // Even for a realm with no route at all.
-    let ans = to_agent.send(ccr_builder(4, "elsewhere.test").avp(avps::DESTINATION_HOST, "srv2.test").build()).await;
+    // Not for another realm: a Destination-Host cannot reach around the
+    // routing table to any peer the agent knows.
+    let req = ccr_builder(4, "elsewhere.test").avp(avps::DESTINATION_HOST, "srv2.test").build();
+    assert_agent_answer(&to_agent.send(req.clone()).await.unwrap(), 3003, &req);
+    let ans = to_agent.send(ccr_builder(20, SRV_REALM).avp(avps::DESTINATION_HOST, "srv2.test").build()).await;
     assert_eq!(ans.unwrap().get(avps::ORIGIN_HOST).unwrap(), Some("srv2.test"));
     // A Destination-Host that is not a peer: the realm's route.
     for n in 5..8 {
@@ -792,10 +825,10 @@ async fn destination_host_naming_a_connected_peer_beats_the_realm_route() {
     assert_agent_answer(&to_agent.send(req.clone()).await.unwrap(), 3003, &req);
     assert_eq!((srv1.count(), srv2.count()), (3, 5));
     for m in srv2.seen.lock().unwrap().iter() {
-        assert_eq!(route_records(m), [AGENT]);
+        assert_eq!(route_records(m), ["client.test"]);
     }
     let stats = agent.agent_stats();
-    assert_eq!((stats.forwarded, stats.answered, stats.local_answers), (8, 8, 1));
+    assert_eq!((stats.forwarded, stats.answered, stats.local_answers), (8, 8, 2));
 }
 
 #[tokio::test]

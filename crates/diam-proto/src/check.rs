@@ -112,6 +112,7 @@ impl Rejection {
             .avp(avps::ORIGIN_REALM, origin_realm);
         let msg: String = self.reason.chars().take(200).collect();
         b = b.avp(avps::ERROR_MESSAGE, msg.as_str());
+        b = copy_proxy_info(request, b);
         if let Some(f) = &self.failed {
             b = b.group(avps::FAILED_AVP, |g| {
                 g.raw_avp(f.code, f.flags.with(AvpFlags::VENDOR, f.vendor_id.is_some()), f.vendor_id, &f.data);
@@ -348,7 +349,29 @@ pub fn error_answer(request: &Message, result_code: u32, origin_host: &str, orig
     if let Some(sid) = leading_session_id(request) {
         b = b.copy_avp(&sid);
     }
-    b.avp(avps::RESULT_CODE, result_code).avp(avps::ORIGIN_HOST, origin_host).avp(avps::ORIGIN_REALM, origin_realm)
+    let b =
+        b.avp(avps::RESULT_CODE, result_code).avp(avps::ORIGIN_HOST, origin_host).avp(avps::ORIGIN_REALM, origin_realm);
+    copy_proxy_info(request, b)
+}
+
+/// Most Proxy-Info AVPs copied into an answer (a request passes few
+/// stateless proxies).
+const MAX_PROXY_INFO: usize = 16;
+
+/// Copies the request's top-level Proxy-Info AVPs, in order, as RFC 6733
+/// §6.2 requires of every answer (error answers too), so stateless proxies
+/// below us can route it back. Only the well-formed AVPs before any
+/// malformed one are read.
+fn copy_proxy_info(request: &Message, mut b: MessageBuilder) -> MessageBuilder {
+    let mut n = 0;
+    for avp in request.avps() {
+        let Ok(avp) = avp else { break };
+        if avp.code() == avps::PROXY_INFO.code() && avp.vendor_id().is_none() && n < MAX_PROXY_INFO {
+            b = b.copy_avp(&avp);
+            n += 1;
+        }
+    }
+    b
 }
 
 #[cfg(test)]
@@ -362,6 +385,29 @@ mod tests {
             .avp(avps::SESSION_ID, "client;1;1")
             .avp(avps::ORIGIN_HOST, "client.example.com")
             .avp(avps::ORIGIN_REALM, "example.com")
+    }
+
+    #[test]
+    fn error_answers_copy_proxy_info_in_order() {
+        let r = req()
+            .group(avps::PROXY_INFO, |g| {
+                g.avp(avps::PROXY_HOST, "p1.example").avp(avps::PROXY_STATE, &b"one"[..]);
+            })
+            .group(avps::PROXY_INFO, |g| {
+                g.avp(avps::PROXY_HOST, "p2.example").avp(avps::PROXY_STATE, &b"two"[..]);
+            })
+            .build();
+        let a = error_answer(&r, result_codes::DIAMETER_UNABLE_TO_DELIVER, "h", "r").build();
+        let hosts: Vec<String> = a
+            .avps()
+            .flatten()
+            .filter(|x| x.code() == avps::PROXY_INFO.code())
+            .map(|x| {
+                let inner: Vec<_> = x.group().flatten().collect();
+                String::from_utf8_lossy(inner[0].data()).into_owned()
+            })
+            .collect();
+        assert_eq!(hosts, ["p1.example", "p2.example"]);
     }
 
     #[test]

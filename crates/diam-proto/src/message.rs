@@ -313,6 +313,13 @@ impl Message {
         b.build()
     }
 
+    /// A copy in an allocation of its own. A decoded message shares the
+    /// buffer it was read into; one kept for long (a request an agent
+    /// forwards, until its answer) would keep that whole buffer alive.
+    pub fn detached(&self) -> Message {
+        Message { header: self.header, buf: Bytes::copy_from_slice(&self.buf) }
+    }
+
     /// A builder holding this message's header and the AVPs `keep` accepts,
     /// in order: to add AVPs, or to replace some (drop them here, add the
     /// new ones). AVPs after a malformed one are not copied.

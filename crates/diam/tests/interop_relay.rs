@@ -5,7 +5,8 @@
 //!
 //! * `erlang_client_relay_erlang_server`: OTP client -> relay -> OTP server;
 //!   the server sees the client's Origin-Host and a Route-Record naming the
-//!   relay, the client gets every CCA with 2001, and the relay's counts
+//!   client (the peer the relay received it from, RFC 6733 §6.1.9), the
+//!   client gets every CCA with 2001, and the relay's counts
 //!   match.
 //! * `erlang_client_relay_freediameter`: OTP client -> relay ->
 //!   freeDiameterd (no application extension, so it answers with an error
@@ -20,8 +21,8 @@
 //!   already names the relay gets 3005 with the E bit from the relay.
 //! * `python_client_gets_3003_for_an_unknown_realm`: likewise 3003.
 //! * `tshark_reads_both_sides_of_the_relay`: a capture of client -> relay
-//!   -> serve has no malformed frame; the forwarded CCRs carry the
-//!   relay's Route-Record, new Hop-by-Hop ids and the client's End-to-End
+//!   -> serve has no malformed frame; the forwarded CCRs carry a
+//!   Route-Record naming the client, new Hop-by-Hop ids and the client's End-to-End
 //!   ids.
 //! * `erlang_client_gets_3003_from_the_relay`: OTP, stricter than python,
 //!   accepts the relay's own 3003 (one Session-Id, E bit,
@@ -46,6 +47,9 @@ use serde_json::Value;
 
 /// The relay's identity when `--origin-host` is not given.
 const RELAY: &str = "diam-relay.localdomain";
+/// The Erlang/OTP client's identity: what the relay's Route-Record names
+/// (RFC 6733 §6.1.9: the peer the request was received from).
+const ERL_CLIENT: &str = "client.erl.test";
 
 const ERLANG: &str = "Erlang/OTP diameter (escript)";
 const PYTHON: &str = "python-diameter (pip install python-diameter==0.9.0)";
@@ -300,14 +304,15 @@ fn erlang_client_relay_erlang_server() {
     }
 
     // What the server saw: the client's own Origin-Host, the relay as the
-    // transport peer, and exactly one Route-Record, the relay's identity.
+    // transport peer, and exactly one Route-Record, naming the peer the
+    // relay received the request from (RFC 6733 §6.1.9).
     let reqs = erlang_requests(&server);
     assert_eq!(reqs.len(), n as usize, "{T}: the Erlang server saw {} CCRs\n{}", reqs.len(), server.dump());
     for r in &reqs {
         assert_eq!(r.get("from").map(String::as_str), Some(RELAY), "{T}: {r:?}");
         assert_eq!(r.get("origin_host").map(String::as_str), Some("client.erl.test"), "{T}: {r:?}");
         assert_eq!(r.get("dest_realm").map(String::as_str), Some("erl.test"), "{T}: {r:?}");
-        assert_eq!(r.get("route_record").map(String::as_str), Some(RELAY), "{T}: Route-Record {r:?}");
+        assert_eq!(r.get("route_record").map(String::as_str), Some(ERL_CLIENT), "{T}: Route-Record {r:?}");
     }
     let numbers: Vec<&str> = reqs.iter().filter_map(|r| r.get("number").map(String::as_str)).collect();
     assert_eq!(numbers, ["0", "1", "2", "3"], "{T}: CC-Request-Numbers in order");
@@ -386,7 +391,7 @@ fn erlang_client_relay_freediameter() {
         let from_fd: Vec<&CcPdu> = pdus.iter().filter(|p| !p.request && p.src_port == fd.port).collect();
         assert_eq!(to_fd.len(), n as usize, "{T}: CCRs to freeDiameterd: {pdus:#?}");
         for p in &to_fd {
-            assert_eq!(p.route_record, [RELAY], "{T}: Route-Record of a forwarded CCR: {p:?}");
+            assert_eq!(p.route_record, [ERL_CLIENT], "{T}: Route-Record of a forwarded CCR: {p:?}");
         }
         assert_eq!(from_fd.len(), n as usize, "{T}: CCAs from freeDiameterd: {pdus:#?}");
         for p in &from_fd {
@@ -396,10 +401,10 @@ fn erlang_client_relay_freediameter() {
     } else {
         // Without a capture, freeDiameterd's own log of the routing error
         // dumps the request it received, Route-Record included.
-        let rr = format!("'Route-Record'(282) l={} f=-M val=\"{RELAY}\"", 8 + RELAY.len());
+        let rr = format!("'Route-Record'(282) l={} f=-M val=\"{ERL_CLIENT}\"", 8 + ERL_CLIENT.len());
         assert!(
             fd.log().find(|l| l.contains(&rr)).is_some(),
-            "{T}: freeDiameterd logged no Route-Record {RELAY}\n{}",
+            "{T}: freeDiameterd logged no Route-Record {ERL_CLIENT}\n{}",
             fd.proc.dump()
         );
     }
@@ -684,7 +689,7 @@ fn tshark_reads_both_sides_of_the_relay() {
     }
     for (c, f) in client_ccrs.iter().zip(&forwarded) {
         assert!(c.route_record.is_empty(), "{T}: the client sent a Route-Record: {c:?}");
-        assert_eq!(f.route_record, [RELAY], "{T}: forwarded CCR's Route-Record: {f:?}");
+        assert_eq!(f.route_record, [ERL_CLIENT], "{T}: forwarded CCR's Route-Record: {f:?}");
         assert_eq!(f.end_to_end, c.end_to_end, "{T}: End-to-End changed by the relay: {c:?} -> {f:?}");
     }
     // Hop-by-Hop is per hop: the relay's own ids upstream, the client's

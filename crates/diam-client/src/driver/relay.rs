@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::PeerTask;
 use crate::agent::{Action, ForwardSlot, Route, RoutingTable};
 use crate::group::Ticket;
-use crate::handle::{Relayed, ReplyTo, Unanswered};
+use crate::handle::{lock, Relayed, ReplyTo, Unanswered};
 use crate::{Error, PeerHandle};
 
 /// Most upstream peers one request is tried on: the first, one alternate
@@ -129,8 +129,19 @@ impl PeerTask {
         let realm = req.get(avps::DESTINATION_REALM).ok().flatten();
         let route = realm.and_then(|r| table.table.lookup(r, req.application_id())).cloned();
         // A Destination-Host naming an open peer (not the one it came from)
-        // goes to that peer first (§6.1.5).
-        let direct = dest_host.and_then(|h| self.node.open_peer(h)).filter(|p| !Arc::ptr_eq(&p.shared, &self.shared));
+        // goes to that peer first (§6.1.5), when the route allows it: the
+        // peer is one of the matched route's, or of the Destination-Realm
+        // (so a Destination-Host cannot reach around a route and its proxy
+        // hook to any peer the agent knows).
+        let direct = dest_host.and_then(|h| self.node.open_peer(h)).filter(|p| {
+            if Arc::ptr_eq(&p.shared, &self.shared) {
+                return false;
+            }
+            let member = route.as_deref().and_then(|r| r.action.group()).is_some_and(|g| g.has_member(p.shared.id));
+            let in_realm = realm
+                .is_some_and(|r| lock(&p.shared.info).as_ref().is_some_and(|i| i.origin_realm.eq_ignore_ascii_case(r)));
+            member || in_realm
+        });
         if direct.is_none() {
             match route.as_deref().map(|r| &r.action) {
                 None => {
@@ -138,7 +149,14 @@ impl PeerTask {
                     if ours && dest_host.is_none() {
                         return Decision::Local(req);
                     }
-                    self.agent_error(link, &req, result_codes::DIAMETER_REALM_NOT_SERVED, None);
+                    // A host of a realm we serve that we cannot reach is
+                    // undeliverable; another realm is not served (§7.1.3).
+                    let code = if ours {
+                        result_codes::DIAMETER_UNABLE_TO_DELIVER
+                    } else {
+                        result_codes::DIAMETER_REALM_NOT_SERVED
+                    };
+                    self.agent_error(link, &req, code, None);
                     return Decision::Done;
                 }
                 Some(Action::Local) => return Decision::Local(req),
@@ -201,7 +219,9 @@ impl PeerTask {
                     }
                 }
             }
-            None => req.clone(),
+            // Kept until its answer (for retransmission): a copy of its own,
+            // not a slice that would hold the whole read buffer.
+            None => req.detached(),
         };
         let token = self.next_token;
         self.next_token = self.next_token.wrapping_add(1);
@@ -244,6 +264,19 @@ impl PeerTask {
         self.machine.send_answer(link, answer);
     }
 
+    /// The Route-Record appended to what this peer sends us: the identity
+    /// of the peer the request was received from (RFC 6733 §6.1.9), its
+    /// CER/CEA Origin-Host (§6.7.1); encoded once per peer.
+    fn route_record(&mut self) -> bytes::Bytes {
+        if let Some(rr) = &self.route_record {
+            return rr.clone();
+        }
+        let identity = self.info.as_ref().map_or_else(|| self.shared.label(), |i| Arc::from(i.origin_host.as_str()));
+        let rr = diam_proto::routing::route_record(&identity);
+        self.route_record = Some(rr.clone());
+        rr
+    }
+
     fn relay_sender(&mut self) -> mpsc::UnboundedSender<Relayed> {
         self.relayed.get_or_insert_with(mpsc::unbounded_channel).0.clone()
     }
@@ -252,7 +285,7 @@ impl PeerTask {
     /// when there is none.
     fn send_forward(&mut self, token: u64) {
         let tx = self.relay_sender();
-        let record = self.node.agent.route_record.clone();
+        let record = self.route_record();
         loop {
             let Some(f) = self.forwards.get_mut(&token) else { return };
             if f.tries >= MAX_TRIES {
@@ -379,7 +412,9 @@ impl PeerTask {
                 self.forwards.insert(token, f);
                 self.send_forward(token);
             }
-            Err(Unanswered { written: Some(_), error }) if !matches!(error, Error::Timeout) && now < f.deadline => {
+            Err(Unanswered { written: Some(_), error: error @ (Error::ConnectionLost(_) | Error::Closed) })
+                if now < f.deadline =>
+            {
                 // Its connection failed with the request outstanding: an
                 // alternate, with the T flag and the same End-to-End
                 // identifier (§5.5.4), once; never back to that peer.
@@ -463,6 +498,11 @@ impl PeerTask {
             self.forward_expiry.pop();
         }
         None
+    }
+
+    /// Whether requests that came in on `link` are being forwarded.
+    pub(super) fn forwards_on(&self, link: LinkId) -> bool {
+        self.forwards.values().any(|f| f.link == link)
     }
 
     /// A downstream connection closed: its forwarded requests' answers have
