@@ -393,6 +393,34 @@ async fn a_full_forwarding_table_gets_3004_and_its_places_come_back() {
     assert_eq!((stats.forwarded, stats.answered, stats.local_answers), (3, 3, 3));
 }
 
+/// A graceful shutdown of the agent waits for the answers of what it is
+/// forwarding before its DPRs: nothing under way is lost.
+#[tokio::test]
+async fn shutdown_waits_for_forwarded_answers() {
+    let (release, hold) = watch::channel(false);
+    let srv = Server::start("srv1.test", SRV_REALM, Mode::Hold(hold)).await;
+    let (agent, agent_addr, _) = start_agent().await;
+    let g = group(vec![upstream(&agent, "srv1.test", srv.addr).await]).await;
+    agent.set_routes(relay_to(SRV_REALM, &g));
+    let (_client, to_agent) = client_of(agent_addr).await;
+    let mut held = JoinSet::new();
+    for n in 0..5 {
+        let p = to_agent.clone();
+        held.spawn(async move { p.send(ccr(n, SRV_REALM)).await });
+    }
+    eventually("five requests held at the server", || srv.count() == 5).await;
+    let stopping = agent.clone();
+    let shutdown = tokio::spawn(async move { stopping.shutdown(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.send_replace(true);
+    while let Some(j) = held.join_next().await {
+        assert_eq!(rc(&j.unwrap().unwrap()), Some(2001), "answered through the agent shutting down");
+    }
+    shutdown.await.unwrap();
+    let stats = agent.agent_stats();
+    assert_eq!((stats.answered, stats.orphaned), (5, 0));
+}
+
 #[tokio::test]
 async fn one_peer_cannot_take_the_whole_forwarding_table() {
     let (release, hold) = watch::channel(false);
