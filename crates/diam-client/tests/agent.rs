@@ -798,6 +798,26 @@ async fn a_3002_from_upstream_is_tried_once_on_an_alternate() {
     assert_eq!(refusing.requests(), before + 1, "tried once");
 }
 
+/// An upstream too busy (3004) has the request tried on an alternate.
+#[tokio::test]
+async fn a_3004_from_upstream_is_tried_on_an_alternate() {
+    let busy = Server::start("srv1.test", SRV_REALM, Mode::Fail(3004)).await;
+    let ok = Server::start("srv2.test", SRV_REALM, Mode::Answer).await;
+    let (agent, agent_addr, _) = start_agent().await;
+    let g =
+        group(vec![upstream(&agent, "srv1.test", busy.addr).await, upstream(&agent, "srv2.test", ok.addr).await]).await;
+    agent.set_routes(relay_to(SRV_REALM, &g));
+    let (_client, to_agent) = client_of(agent_addr).await;
+    for n in 0..10 {
+        let ans = to_agent.send(ccr(n, SRV_REALM)).await.unwrap();
+        assert_eq!(rc(&ans), Some(2001), "answered by the alternate");
+        assert_eq!(ans.get(avps::ORIGIN_HOST).unwrap(), Some("srv2.test"));
+    }
+    assert!(busy.count() > 0, "the busy one was tried");
+    assert_eq!(ok.count(), 10);
+    assert_eq!(agent.agent_stats().rerouted, busy.count() as u64);
+}
+
 /// A client whose requests the upstream refuses with a 3xxx about the
 /// request (here 3001) cannot trip the route's breaker or mark its peers
 /// dead: the member stays usable for everyone.

@@ -115,32 +115,33 @@ struct AvpPolicy {
 }
 
 impl AvpPolicy {
-    fn apply(&self, msg: &Message, set: &[CliAvp], strip: &[u32]) -> Message {
+    /// `None` when a set AVP could not be written (never for the AVPs the
+    /// route was built with: they are checked then).
+    fn apply(&self, msg: &Message, set: &[CliAvp], strip: &[u32]) -> Option<Message> {
         let mut b = msg.edit(|a| {
             let code = a.code();
             !strip.contains(&code) && !set.iter().any(|s| s.code == code && s.vendor_id == a.vendor_id())
         });
         for avp in set {
             // Checked when the route was built: never grouped here.
-            b = match write_cli_avp(b, avp, &self.dictionary) {
-                Ok(b) => b,
-                Err(_) => return msg.clone(),
-            };
+            b = write_cli_avp(b, avp, &self.dictionary).ok()?;
         }
-        b.build()
+        Some(b.build())
     }
 }
 
 impl ProxyHook for AvpPolicy {
     fn on_request(&self, request: Message, _from: &PeerInfo) -> Result<Message, u32> {
-        Ok(self.apply(&request, &self.set, &self.strip))
+        // Fails closed: a request the policy cannot be applied to is not
+        // forwarded (5012 DIAMETER_UNABLE_TO_COMPLY).
+        self.apply(&request, &self.set, &self.strip).ok_or(diam_proto::result_codes::DIAMETER_UNABLE_TO_COMPLY)
     }
 
     fn on_answer(&self, answer: Message, _request: &Message) -> Message {
         if self.set_answer.is_empty() {
             return answer;
         }
-        self.apply(&answer, &self.set_answer, &[])
+        self.apply(&answer, &self.set_answer, &[]).unwrap_or(answer)
     }
 }
 

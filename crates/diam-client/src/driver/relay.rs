@@ -392,12 +392,11 @@ impl PeerTask {
         match reply {
             Ok(answer) => {
                 let rc = diam_proto::peer::result_code(&answer);
-                if rc == Some(result_codes::DIAMETER_UNABLE_TO_DELIVER)
-                    && !f.rerouted_on_3002
-                    && f.has_alternate()
-                    && now < f.deadline
-                {
-                    // Upstream could not deliver it: one alternate (§6.1.8).
+                // Could not deliver it, or too busy (§7.1.3: SHOULD try an
+                // alternate): one alternate (§6.1.8).
+                let alternate =
+                    matches!(rc, Some(result_codes::DIAMETER_UNABLE_TO_DELIVER | result_codes::DIAMETER_TOO_BUSY));
+                if alternate && !f.rerouted_on_3002 && f.has_alternate() && now < f.deadline {
                     f.rerouted_on_3002 = true;
                     self.node.agent.counters.rerouted.fetch_add(1, Ordering::Relaxed);
                     self.forwards.insert(token, f);
