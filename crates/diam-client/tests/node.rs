@@ -328,6 +328,8 @@ async fn silent_peer_goes_suspect_then_down_by_watchdog_on_exact_schedule() {
     c.connection.peer.watchdog.interval = Duration::from_secs(30);
     c.connection.peer.watchdog.dwr_timeout = Duration::from_secs(10);
     c.connection.peer.watchdog.max_dwr_failures = 3;
+    // The schedule below starts with the first DWR exactly at Tw.
+    c.connection.peer.watchdog.first_interval_spread = Duration::ZERO;
     let node = Node::builder(c).build().unwrap();
     // The callback runs on the dispatcher's own thread: a channel, not
     // paused time, says when it ran.

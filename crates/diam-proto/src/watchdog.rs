@@ -21,6 +21,12 @@
 //! DOWN closes the connection; when the transport is re-established the
 //! watchdog enters REOPEN and application traffic waits until three DWAs
 //! in a row have come back (RFC 3539 §3.4.1).
+//!
+//! Each Tw is drawn uniformly from `interval ± jitter` (RFC 3539 §3.4.1).
+//! The first Tw of a connection is drawn from a wider window that reaches
+//! further *down*, to `interval - first_interval_spread` (at most Tw/2; see
+//! [`WatchdogConfig::first_interval_spread`]), so that many connections
+//! opened together do not send their DWRs in phase ever after.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,27 @@ pub struct WatchdogConfig {
     /// Random jitter applied to each Tw, uniformly in ±`jitter`.
     /// Default 2 s (RFC 3539 §3.4.1).
     pub jitter: Duration,
+    /// How much earlier than Tw the *first* DWR of a connection may be due.
+    /// Default 15 s (half the default Tw).
+    ///
+    /// Until the first DWR of a connection goes out (after it opens, or
+    /// after REOPEN has received its DWAs), each Tw is drawn uniformly from
+    /// `[interval - s, interval + jitter]` with
+    /// `s = max(jitter, min(first_interval_spread, interval / 2))`; every
+    /// later Tw is `interval ± jitter` again. With the defaults the first
+    /// DWR comes after 15 s to 32 s of silence, then every 28 s to 32 s.
+    ///
+    /// Why: RFC 3539 §3.4.1 jitters Tw by ±2 s "to avoid synchronization
+    /// behaviors"; ±2 s is too narrow for thousands of connections opened
+    /// at the same instant (a restart, a bench), whose watchdogs would fire
+    /// within the same 4 s forever. The window is widened downwards only:
+    /// a DWR earlier than Tw is one extra probe, which can only detect a
+    /// failure sooner, while a later one would delay detection. Values
+    /// above `interval / 2` act as `interval / 2`, so the spread never
+    /// brings a DWR sooner than Tw/2 after the last message received (Tw
+    /// may be as low as the 6 s minimum); zero makes the first Tw like the
+    /// others.
+    pub first_interval_spread: Duration,
     /// How long to wait for a DWA before counting the DWR as unanswered.
     /// Default 10 s.
     pub dwr_timeout: Duration,
@@ -50,6 +77,7 @@ impl Default for WatchdogConfig {
         WatchdogConfig {
             interval: Duration::from_secs(30),
             jitter: Duration::from_secs(2),
+            first_interval_spread: Duration::from_secs(15),
             dwr_timeout: Duration::from_secs(10),
             max_dwr_failures: 3,
             reopen_dwas: 3,
@@ -62,7 +90,8 @@ pub const MIN_WATCHDOG_INTERVAL: Duration = Duration::from_secs(6);
 
 impl WatchdogConfig {
     /// Checks the settings: all durations positive, jitter below the
-    /// interval, at least one DWR failure and one REOPEN DWA. An interval
+    /// interval, at least one DWR failure and one REOPEN DWA (any
+    /// `first_interval_spread` is valid: it is capped at Tw/2). An interval
     /// under [`MIN_WATCHDOG_INTERVAL`] is allowed (tests need it); callers
     /// should warn about it.
     pub fn validate(&self) -> Result<(), &'static str> {
@@ -137,6 +166,9 @@ pub struct Watchdog {
     misses: u32,
     /// DWAs received in REOPEN.
     reopen_dwas: u32,
+    /// No DWR has gone out since the connection opened (or REOPEN ended):
+    /// Tw is drawn from the first interval's wider window.
+    first_tw: bool,
     rng: u64,
     events: std::collections::VecDeque<WatchdogEvent>,
 }
@@ -158,6 +190,7 @@ impl Watchdog {
             pending: false,
             misses: 0,
             reopen_dwas: 0,
+            first_tw: false,
             rng: seed ^ 0x9e37_79b9_7f4a_7c15,
             events: std::collections::VecDeque::with_capacity(4),
         }
@@ -192,14 +225,20 @@ impl Watchdog {
         z ^ (z >> 31)
     }
 
-    /// Tw with jitter, uniformly in `interval ± jitter`.
+    /// Tw with jitter: uniformly in `interval ± jitter`, or for the first
+    /// Tw of a connection in `[interval - s, interval + jitter]` (`s` as
+    /// documented on [`WatchdogConfig::first_interval_spread`]).
     fn jittered_interval(&mut self) -> Duration {
-        let j = self.config.jitter.as_nanos() as u64;
-        if j == 0 {
-            return self.config.interval;
+        let c = &self.config;
+        let early = if self.first_tw { c.jitter.max(c.first_interval_spread.min(c.interval / 2)) } else { c.jitter };
+        // Both below the interval (validated), so nothing underflows; the
+        // window of a Tw in nanoseconds fits u64 for any sane Tw (584 years).
+        let width = u64::try_from((early + c.jitter).as_nanos()).unwrap_or(u64::MAX - 1);
+        let base = c.interval - early;
+        if width == 0 {
+            return base;
         }
-        let offset = self.next_random() % (2 * j + 1);
-        let base = self.config.interval - self.config.jitter;
+        let offset = self.next_random() % (width + 1);
         base + Duration::from_nanos(offset)
     }
 
@@ -217,6 +256,7 @@ impl Watchdog {
     }
 
     fn send_dwr(&mut self, now: Instant) {
+        self.first_tw = false;
         self.pending = true;
         self.deadline = Some(now + self.config.dwr_timeout);
         self.events.push_back(WatchdogEvent::SendDwr);
@@ -235,6 +275,7 @@ impl Watchdog {
             self.send_dwr(now);
         } else {
             self.set_state(WatchdogState::Okay);
+            self.first_tw = true;
             self.arm_tw(now);
         }
     }
@@ -264,6 +305,9 @@ impl Watchdog {
                     if self.reopen_dwas >= self.config.reopen_dwas {
                         self.misses = 0;
                         self.set_state(WatchdogState::Okay);
+                        // Connections reopened together after an outage
+                        // would otherwise be in phase too.
+                        self.first_tw = true;
                         self.arm_tw(now);
                     } else {
                         // Next DWR straight away: reopening should not take
@@ -282,6 +326,7 @@ impl Watchdog {
     pub fn handle_closed(&mut self) {
         self.deadline = None;
         self.pending = false;
+        self.first_tw = false;
         if self.state != WatchdogState::Initial {
             self.set_state(WatchdogState::Down);
         }
@@ -295,6 +340,7 @@ impl Watchdog {
         self.pending = false;
         self.misses = 0;
         self.reopen_dwas = 0;
+        self.first_tw = false;
     }
 
     /// Sends a DWR now, ahead of Tw, when the connection is OKAY or
@@ -374,6 +420,8 @@ mod tests {
         WatchdogConfig {
             interval: Duration::from_secs(30),
             jitter: Duration::ZERO,
+            // These tests time the first DWR exactly.
+            first_interval_spread: Duration::ZERO,
             dwr_timeout: Duration::from_secs(10),
             max_dwr_failures: 3,
             reopen_dwas: 3,
@@ -513,6 +561,155 @@ mod tests {
             assert_eq!(again.poll_timeout().unwrap() - t0, d, "same seed, same jitter");
         }
         assert!(seen.len() > 150, "jitter varies with the seed");
+    }
+
+    /// Opens one watchdog per seed at `t0`; returns each first DWR's delay.
+    fn first_delays(config: &WatchdogConfig, t0: Instant, seeds: std::ops::Range<u64>) -> Vec<Duration> {
+        seeds
+            .map(|seed| {
+                let mut w = Watchdog::new(config.clone(), seed);
+                w.handle_open(t0);
+                let (t, ev) = fire(&mut w);
+                assert_eq!(ev, vec![StateChanged { from: Initial, to: Okay }, SendDwr], "seed {seed}");
+                t - t0
+            })
+            .collect()
+    }
+
+    /// How many delays fall in each 100 ms bucket of `[lo, hi]`.
+    fn buckets(delays: &[Duration], lo: Duration, hi: Duration) -> Vec<usize> {
+        let n = ((hi - lo).as_millis() / 100) as usize + 1;
+        let mut b = vec![0; n];
+        for d in delays {
+            b[((*d - lo).as_millis() / 100) as usize] += 1;
+        }
+        b
+    }
+
+    #[test]
+    fn first_dwrs_of_watchdogs_opened_together_are_spread_over_tw_half_to_tw_plus_jitter() {
+        // The defaults: Tw 30 s ± 2 s, first DWR in [15 s, 32 s].
+        let config = WatchdogConfig::default();
+        let (lo, hi) = (Duration::from_secs(15), Duration::from_secs(32));
+        let t0 = Instant::now();
+        let delays = first_delays(&config, t0, 0..1000);
+        assert!(delays.iter().all(|d| (lo..=hi).contains(d)), "all in [15 s, 32 s]");
+        let b = buckets(&delays, lo, hi);
+        // 171 buckets, 5.8 expected in each: none holds more than 2 % (a
+        // uniform draw exceeds that with odds below 1 in 1000; with ±2 s
+        // only, the 40 buckets of 28..32 s would hold 2.5 % each on average,
+        // and all the DWRs would sit in those 4 s).
+        let max = *b.iter().max().unwrap();
+        assert!(max <= 20, "a 100 ms bucket holds {max} of 1000 first DWRs: {b:?}");
+        assert!(b.iter().filter(|&&n| n > 0).count() >= 160, "the whole range is used: {b:?}");
+        // Any 4 s window (the width of plain ±2 s jitter) holds about 4/17.
+        let most_in_4s = b.windows(40).map(|w| w.iter().sum::<usize>()).max().unwrap();
+        assert!(most_in_4s <= 300, "{most_in_4s} first DWRs within 4 s");
+        // Early and late halves are both populated (uniform, not skewed).
+        let early = delays.iter().filter(|d| **d < Duration::from_millis(23_500)).count();
+        assert!((400..=600).contains(&early), "{early} of 1000 before the midpoint");
+
+        // Deterministic per seed: the same seeds give the same times.
+        assert_eq!(first_delays(&config, t0, 0..1000), delays);
+
+        // Without the spread, the first DWR keeps plain RFC 3539 jitter.
+        let plain = WatchdogConfig { first_interval_spread: Duration::ZERO, ..config };
+        let delays = first_delays(&plain, t0, 0..1000);
+        assert!(delays.iter().all(|d| (Duration::from_secs(28)..=hi).contains(d)));
+    }
+
+    #[test]
+    fn intervals_after_the_first_dwr_keep_tw_plus_minus_jitter() {
+        let config = WatchdogConfig::default();
+        let t0 = Instant::now();
+        let tw = Duration::from_secs(28)..=Duration::from_secs(32);
+        let rtt = Duration::from_millis(3);
+        let mut later = std::collections::HashSet::new();
+        for seed in 0..1000 {
+            let mut w = Watchdog::new(config.clone(), seed);
+            w.handle_open(t0);
+            drain(&mut w);
+            for round in 0..3 {
+                let (t, ev) = fire(&mut w);
+                assert_eq!(ev, vec![SendDwr], "seed {seed} round {round}");
+                w.handle_received(true, t + rtt);
+                let next = w.poll_timeout().unwrap() - (t + rtt);
+                assert!(tw.contains(&next), "seed {seed} round {round}: {next:?}");
+                later.insert(next);
+            }
+            // Traffic restarts Tw with plain jitter too.
+            let t = w.poll_timeout().unwrap() - Duration::from_secs(1);
+            w.handle_received(false, t);
+            assert!(tw.contains(&(w.poll_timeout().unwrap() - t)));
+            // An unanswered DWR: SUSPECT, the next DWR after Tw ± jitter.
+            fire(&mut w);
+            let (t, ev) = fire(&mut w);
+            assert_eq!(ev, vec![StateChanged { from: Okay, to: Suspect }]);
+            assert!(tw.contains(&(w.poll_timeout().unwrap() - t)));
+        }
+        assert!(later.len() > 2900, "the later intervals are jittered too");
+    }
+
+    #[test]
+    fn traffic_before_the_first_dwr_keeps_the_wide_window() {
+        // Connections that carried traffic and went quiet together are spread
+        // as well: until the first DWR, every Tw restart uses the wide window.
+        let config = WatchdogConfig::default();
+        let t0 = Instant::now();
+        let quiet = t0 + Duration::from_secs(5);
+        let mut delays = Vec::new();
+        for seed in 0..1000 {
+            let mut w = Watchdog::new(config.clone(), seed);
+            w.handle_open(t0);
+            w.handle_received(false, t0 + Duration::from_secs(1));
+            w.handle_received(false, quiet);
+            delays.push(w.poll_timeout().unwrap() - quiet);
+        }
+        let (lo, hi) = (Duration::from_secs(15), Duration::from_secs(32));
+        assert!(delays.iter().all(|d| (lo..=hi).contains(d)));
+        let max = *buckets(&delays, lo, hi).iter().max().unwrap();
+        assert!(max <= 20, "a 100 ms bucket holds {max} of 1000 first DWRs");
+    }
+
+    #[test]
+    fn reopen_ends_with_a_spread_first_interval() {
+        let config = WatchdogConfig { max_dwr_failures: 1, ..WatchdogConfig::default() };
+        let t0 = Instant::now();
+        let mut delays = Vec::new();
+        for seed in 0..200 {
+            let mut w = Watchdog::new(config.clone(), seed);
+            w.handle_open(t0);
+            w.handle_closed();
+            let t1 = t0 + Duration::from_secs(1);
+            w.handle_open(t1);
+            for _ in 0..3 {
+                w.handle_received(true, t1);
+            }
+            assert_eq!(w.state(), Okay);
+            delays.push(w.poll_timeout().unwrap() - t1);
+        }
+        assert!(delays.iter().all(|d| (Duration::from_secs(15)..=Duration::from_secs(32)).contains(d)));
+        assert!(delays.iter().any(|d| *d < Duration::from_secs(20)), "below plain jitter");
+    }
+
+    #[test]
+    fn the_first_interval_spread_is_capped_at_half_tw() {
+        // Tw 6 s (the RFC 3539 minimum), jitter 1 s, spread left at 15 s: the
+        // first DWR is due in [3 s, 7 s], never sooner than Tw/2.
+        let config = WatchdogConfig {
+            interval: Duration::from_secs(6),
+            jitter: Duration::from_secs(1),
+            ..WatchdogConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        let delays = first_delays(&config, Instant::now(), 0..1000);
+        assert!(delays.iter().all(|d| (Duration::from_secs(3)..=Duration::from_secs(7)).contains(d)));
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(3_100)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(6_900)));
+        // A spread below the jitter changes nothing: Tw ± jitter.
+        let narrow = WatchdogConfig { first_interval_spread: Duration::from_millis(500), ..config };
+        let delays = first_delays(&narrow, Instant::now(), 0..1000);
+        assert!(delays.iter().all(|d| (Duration::from_secs(5)..=Duration::from_secs(7)).contains(d)));
     }
 
     #[test]

@@ -19,6 +19,8 @@ fn config(apps: &[u32]) -> PeerConfig {
         watchdog: WatchdogConfig {
             interval: Duration::from_secs(30),
             jitter: Duration::ZERO,
+            // These tests time the first DWR exactly.
+            first_interval_spread: Duration::ZERO,
             dwr_timeout: Duration::from_secs(10),
             max_dwr_failures: 3,
             reopen_dwas: 3,

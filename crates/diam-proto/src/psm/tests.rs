@@ -25,6 +25,8 @@ fn config(host: &str, apps: &[u32]) -> Arc<PeerConfig> {
             dwr_timeout: Duration::from_secs(10),
             max_dwr_failures: 3,
             reopen_dwas: 3,
+            // The first DWR of a connection is spread (RFC 3539 jitter, widened).
+            ..WatchdogConfig::default()
         },
         ..PeerConfig::default()
     })
@@ -250,7 +252,8 @@ fn watchdog_suspect_blocks_sends_and_reopen_needs_three_dwas_on_the_new_connecti
     let mut m = machine("client.example.com", Some(Doubling::default()));
     let link = open_outbound(&mut m, t0);
     events(&mut m);
-    // Tw of silence: DWR; unanswered: SUSPECT, no sending link.
+    // Tw of silence (the first DWR is due by then, spread over [Tw/2, Tw]):
+    // DWR; unanswered: SUSPECT, no sending link.
     m.handle_timeout(t0 + Duration::from_secs(30));
     let (_, dwr) = transmits(&mut m).pop().expect("DWR");
     assert_eq!(dwr.command_code(), commands::DEVICE_WATCHDOG);
@@ -865,4 +868,64 @@ fn a_cea_with_two_origin_hosts_or_a_bad_one_fails_the_connection() {
             "{hosts:?}"
         );
     }
+}
+
+/// 1,000 peers whose connections open at the same instant (a restart, a
+/// bench) send their first DWRs spread over [Tw/2, Tw + jitter], drawn from
+/// each machine's own seed; the following ones come every Tw ± jitter.
+#[test]
+fn first_dwrs_of_peers_opened_together_are_spread_then_tw_plus_minus_jitter() {
+    let t0 = Instant::now();
+    let config = config("client.example.com", &[4]);
+    assert_eq!(config.watchdog, WatchdogConfig { jitter: Duration::ZERO, ..WatchdogConfig::default() });
+    // The defaults of the RFC: ±2 s of jitter.
+    let config = Arc::new(PeerConfig { watchdog: WatchdogConfig::default(), ..(*config).clone() });
+    let (lo, hi) = (Duration::from_secs(15), Duration::from_secs(32));
+    let mut buckets = vec![0usize; 171];
+    let mut firsts = Vec::new();
+    for seed in 0..1000u64 {
+        let mut m = PeerMachine::new(
+            config.clone(),
+            PeerSettings::default(),
+            None,
+            IdGenerator::new(1_700_000_000, seed),
+            seed,
+        );
+        let link = open_outbound(&mut m, t0);
+        assert!(transmits(&mut m).is_empty());
+        let due = m.poll_timeout().expect("the watchdog is armed");
+        let d = due - t0;
+        assert!((lo..=hi).contains(&d), "seed {seed}: first DWR after {d:?}");
+        buckets[((d - lo).as_millis() / 100) as usize] += 1;
+        firsts.push(d);
+        // Nothing before it is due; then the DWR goes out on the link.
+        m.handle_timeout(due - Duration::from_millis(1));
+        assert!(transmits(&mut m).is_empty(), "seed {seed}: no DWR before it is due");
+        m.handle_timeout(due);
+        let (l, dwr) = transmits(&mut m).pop().expect("DWR");
+        assert_eq!((l, dwr.command_code()), (link, commands::DEVICE_WATCHDOG));
+        // Later intervals: Tw ± 2 s from each DWA.
+        let (mut dwr, mut at) = (dwr, due + Duration::from_millis(5));
+        for round in 0..3 {
+            m.handle_message(link, dwa_for(&dwr), at);
+            let next = m.poll_timeout().unwrap();
+            assert!(
+                (Duration::from_secs(28)..=Duration::from_secs(32)).contains(&(next - at)),
+                "seed {seed} round {round}: {:?}",
+                next - at
+            );
+            m.handle_timeout(next);
+            dwr = transmits(&mut m).pop().expect("DWR").1;
+            assert_eq!(dwr.command_code(), commands::DEVICE_WATCHDOG);
+            at = next + Duration::from_millis(5);
+        }
+        assert_eq!(m.state(), PeerState::Open);
+    }
+    let max = *buckets.iter().max().unwrap();
+    assert!(max <= 20, "a 100 ms bucket holds {max} of 1000 first DWRs: {buckets:?}");
+    assert!(buckets.iter().filter(|&&n| n > 0).count() >= 160, "{buckets:?}");
+    // The same seed draws the same first interval.
+    let mut again = PeerMachine::new(config, PeerSettings::default(), None, IdGenerator::new(1_700_000_000, 7), 7);
+    open_outbound(&mut again, t0);
+    assert_eq!(again.poll_timeout().unwrap() - t0, firsts[7]);
 }
