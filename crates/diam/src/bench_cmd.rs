@@ -27,6 +27,9 @@
 //! lifecycle event (cheap, no allocation) into a bounded channel; a writer
 //! thread formats and appends the JSON lines, so file I/O never runs on a
 //! connection task. A full channel drops the event and counts the drop.
+//!
+//! `--plot FILE`: answers per second and p50/p99 latency per 100 ms, with
+//! lifecycle events marked, as an SVG (see [`crate::plot`]).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -95,10 +98,12 @@ struct Tally {
     errors_non_retryable: u64,
     /// Answers by Result-Code (`None`: the answer had none).
     result_codes: BTreeMap<Option<u32>, u64>,
+    /// With `--plot`: outcomes per 100 ms.
+    plot: Option<crate::plot::Buckets>,
 }
 
 impl Tally {
-    fn new() -> Tally {
+    fn new(plot: Option<crate::plot::Clock>) -> Tally {
         Tally {
             hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds"),
             answers: 0,
@@ -107,6 +112,7 @@ impl Tally {
             errors_retryable: 0,
             errors_non_retryable: 0,
             result_codes: BTreeMap::new(),
+            plot: plot.map(crate::plot::Buckets::new),
         }
     }
 
@@ -118,7 +124,12 @@ impl Tally {
         self.answers + self.timeouts + self.errors_total()
     }
 
-    fn record(&mut self, outcome: &Result<Message, Error>, retryable: bool, latency: Duration) {
+    /// One outcome; `done` is when it completed (for `--plot`).
+    fn record(&mut self, outcome: &Result<Message, Error>, retryable: bool, latency: Duration, done: Instant) {
+        if let Some(p) = &mut self.plot {
+            let us = outcome.is_ok().then(|| u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+            p.record(done, us);
+        }
         match outcome {
             Ok(answer) => {
                 self.answers += 1;
@@ -152,6 +163,9 @@ impl Tally {
         }
         for (k, v) in std::mem::take(&mut other.result_codes) {
             *self.result_codes.entry(k).or_default() += v;
+        }
+        if let (Some(p), Some(o)) = (&mut self.plot, &mut other.plot) {
+            p.absorb(o);
         }
     }
 
@@ -192,6 +206,8 @@ struct Ctx {
     next: AtomicU64,
     tally: Mutex<Tally>,
     stop: AtomicBool,
+    /// With `--plot`: the time origin of the per-100 ms buckets.
+    plot: Option<crate::plot::Clock>,
 }
 
 impl Ctx {
@@ -235,14 +251,14 @@ async fn pace_fast_error(outcome: &Result<Message, Error>, latency: Duration) {
 /// One closed-loop worker: sends back to back until told to stop, then
 /// returns once its last request has completed.
 async fn closed_worker(ctx: Arc<Ctx>) {
-    let mut local = Tally::new();
+    let mut local = Tally::new(ctx.plot);
     let mut flushed = Instant::now();
     while !ctx.stop.load(Ordering::Relaxed) {
         let (ccr, retryable) = ctx.next_request();
         let started = Instant::now();
         let outcome = ctx.send(ccr).await;
         let latency = started.elapsed();
-        local.record(&outcome, retryable, latency);
+        local.record(&outcome, retryable, latency, started + latency);
         pace_fast_error(&outcome, latency).await;
         if flushed.elapsed() >= Duration::from_millis(100) {
             lock(&ctx.tally).absorb(&mut local);
@@ -288,7 +304,8 @@ async fn open_loop(ctx: Arc<Ctx>, rate: f64, inflight: usize, window: Duration) 
         tokio::spawn(async move {
             let (ccr, retryable) = ctx.next_request();
             let outcome = ctx.send(ccr).await;
-            lock(&ctx.tally).record(&outcome, retryable, origin.elapsed());
+            let latency = origin.elapsed();
+            lock(&ctx.tally).record(&outcome, retryable, latency, origin + latency);
             drop(permit);
         });
     }
@@ -383,12 +400,17 @@ struct EventLog {
     counts: [AtomicU64; EVENT_KINDS.len()],
     dropped: AtomicU64,
     tx: Option<SyncSender<WriterMsg>>,
+    /// With `--plot`: the events marked on the chart.
+    marks: Option<crate::plot::Marks>,
 }
 
 impl EventLog {
     fn on_event(&self, ev: &Event) {
         if let Some(i) = EVENT_KINDS.iter().position(|k| *k == ev.kind()) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(m) = &self.marks {
+            m.on_event(ev);
         }
         if let Some(tx) = &self.tx {
             // Never blocks the emitting (connection) task.
@@ -464,6 +486,22 @@ impl EventWriter {
     }
 }
 
+/// Writes the `--plot` chart.
+fn write_plot(
+    out: crate::plot::Output,
+    args: &BenchArgs,
+    names: &[String],
+    ran: Duration,
+    t: &Tally,
+    log: &EventLog,
+) -> Result<(), String> {
+    let path = out.path().display().to_string();
+    let window = Duration::from_secs_f64(args.duration);
+    let run = crate::plot::Run { peers: names, inflight: args.inflight, rate: args.rate, window, ran };
+    let marks = log.marks.as_ref().expect("marks are collected with --plot");
+    out.write(&run, t.plot.as_ref(), marks).map_err(|e| format!("--plot {path}: {e}"))
+}
+
 // ---------------------------------------------------------------------------
 // Options
 
@@ -537,6 +575,108 @@ async fn progress(ctx: Arc<Ctx>, bar: ProgressBar, started: Instant) {
 }
 
 // ---------------------------------------------------------------------------
+// `--hold S`: the idle cost of the connections
+
+/// The `--hold` window, checked (positive, finite); `None` without it.
+fn hold_window(hold: Option<f64>) -> Result<Option<Duration>, Failure> {
+    match hold {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 1e7 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(_) => Err(Failure::input("--hold must be a positive number of seconds")),
+    }
+}
+
+/// Keeps the connections open for `window` with no traffic, then reports
+/// `connections_open` (the pool's connections in an open state at the end),
+/// `tcp_established` (this process's established TCP sockets, counted
+/// independently from /proc), `rss_bytes` (VmRSS at the end) and
+/// `cpu_percent` (user + system CPU time over the hold, divided by its wall
+/// time, as a percentage of one core). A figure /proc cannot give is null.
+async fn hold(client: &AddressClient, window: Duration) -> Value {
+    let cpu_before = proc_cpu_ticks();
+    let started = std::time::Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu_after = proc_cpu_ticks();
+    let wall = started.elapsed().as_secs_f64();
+    let connections_open = client
+        .list_connections()
+        .into_iter()
+        .filter(|a| client.connection(a.clone()).is_some_and(|c| c.state.is_connected()))
+        .count();
+    let cpu_percent = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if wall > 0.0 => {
+            let cpu = b.saturating_sub(a) as f64 / clock_ticks_per_second() as f64;
+            Some((cpu / wall * 1000.0).round() / 10.0)
+        }
+        _ => None,
+    };
+    json!({
+        "duration_s": (wall * 1000.0).round() / 1000.0,
+        "connections_open": connections_open,
+        "tcp_established": proc_tcp_established(),
+        "rss_bytes": proc_rss_bytes(),
+        "cpu_percent": cpu_percent,
+    })
+}
+
+/// utime + stime of this process, in clock ticks (/proc/self/stat fields 14
+/// and 15; the command name, field 2, is in parentheses and may hold spaces).
+fn proc_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After the name: field 3 (state) onwards, so utime is the 12th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The kernel's USER_HZ, from the auxiliary vector (AT_CLKTCK), else 100.
+fn clock_ticks_per_second() -> u64 {
+    const AT_CLKTCK: usize = 17;
+    const WORD: usize = std::mem::size_of::<usize>();
+    let auxv = std::fs::read("/proc/self/auxv").unwrap_or_default();
+    let word = |c: &[u8]| c.try_into().map(usize::from_ne_bytes).unwrap_or(0);
+    auxv.chunks_exact(2 * WORD)
+        .find(|pair| word(&pair[..WORD]) == AT_CLKTCK)
+        .map(|pair| word(&pair[WORD..]) as u64)
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100)
+}
+
+/// Resident set size (VmRSS in /proc/self/status).
+fn proc_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// This process's TCP sockets in state ESTABLISHED: the socket inodes of
+/// /proc/self/fd matched against /proc/self/net/tcp and tcp6.
+fn proc_tcp_established() -> Option<usize> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+        let target = target.to_string_lossy();
+        if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+            inodes.insert(inode.to_string());
+        }
+    }
+    let mut established = 0;
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "01" && inodes.contains(f[9]) {
+                established += 1;
+            }
+        }
+    }
+    Some(established)
+}
+
+// ---------------------------------------------------------------------------
 // The command
 
 pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
@@ -551,6 +691,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             return Err(Failure::input("--rate must be a positive number of requests per second"));
         }
     }
+    let hold_for = hold_window(args.hold)?;
     let peers: Vec<PeerAddr> = crate::peer_cmd::parse_peers("--peer", &args.peer)?;
     crate::peer_cmd::check_tls_peers("--peer", &peers, &args.tls)?;
     if peers.is_empty() {
@@ -570,6 +711,8 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
     let group_config = group_config(args)?;
     let window = Duration::from_secs_f64(args.duration);
     let writer = args.events.as_deref().map(|p| EventWriter::start(p, names.clone())).transpose()?;
+    // Opened now, so that a bad path fails before any traffic.
+    let plot_out = args.plot.as_deref().map(crate::plot::Output::create).transpose()?;
     let rt = crate::peer_cmd::runtime()?;
 
     let report = rt.block_on(async {
@@ -581,6 +724,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             counts: Default::default(),
             dropped: AtomicU64::new(0),
             tx: writer.as_ref().map(|w| w.tx.clone()),
+            marks: plot_out.as_ref().map(|_| crate::plot::Marks::new()),
         });
         let subscriptions: Vec<Subscription> = EVENT_KINDS
             .iter()
@@ -606,6 +750,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
 
         let group =
             PeerGroup::new(&client, peers.iter().cloned(), group_config).map_err(|e| Failure::input(e.to_string()))?;
+        let plot_clock = plot_out.as_ref().map(|_| crate::plot::Clock::start(window));
         let ctx = Arc::new(Ctx {
             group: group.clone(),
             retryable: args.retryable,
@@ -614,8 +759,9 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             destination_realm: args.destination_realm.clone().unwrap_or_else(|| args.identity.origin_realm.clone()),
             boot: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             next: AtomicU64::new(0),
-            tally: Mutex::new(Tally::new()),
+            tally: Mutex::new(Tally::new(plot_clock)),
             stop: AtomicBool::new(false),
+            plot: plot_clock,
         });
         let bar = progress_bar(window);
         let started = Instant::now();
@@ -642,6 +788,10 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         let members = group.health_statistics();
         let reconnections = group.reconnection_statistics();
         let fo = group.failover_statistics();
+        let held = match hold_for {
+            Some(window) => Some(hold(&client, window).await),
+            None => None,
+        };
         group.close();
         client.close(Duration::from_secs(2)).await;
         drop(subscriptions);
@@ -717,6 +867,9 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         r.insert("events".into(), log.counts_json());
         r.insert("events_dropped".into(), json!(log.dropped.load(Ordering::Relaxed)));
         r.insert("failures".into(), Value::Array(lock(&failures).clone()));
+        if let Some(h) = held {
+            r.insert("hold".into(), h);
+        }
         r.insert(
             "pool".into(),
             json!({
@@ -739,11 +892,12 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         }
         let successes: u64 =
             t.result_codes.iter().filter(|(rc, _)| rc.is_some_and(|c| (2000..3000).contains(&c))).map(|(_, n)| n).sum();
-        Ok::<_, Failure>((Value::Object(r), successes))
+        let plotted = plot_out.map(|out| write_plot(out, args, &names, elapsed, &t, &log));
+        Ok::<_, Failure>((Value::Object(r), successes, plotted))
     });
     // The runtime's blocking pool may still hold a failure callback.
     rt.shutdown_timeout(Duration::from_secs(1));
-    let (report, successes) = report?;
+    let (report, successes, plotted) = report?;
     if let Some(w) = writer {
         if let Err(e) = w.finish() {
             eprintln!("diam: warning: writing --events: {e}");
@@ -756,6 +910,9 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
         .map_err(|e| Failure::failed(format!("writing output: {e}")))?;
+    if let Some(Err(e)) = plotted {
+        return Err(Failure::failed(e));
+    }
     if successes == 0 {
         return Err(Failure::failed("no request got a 2xxx answer"));
     }

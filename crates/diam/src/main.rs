@@ -5,7 +5,9 @@
 //! 2 bad input or usage (clap's own usage errors also exit 2).
 //!
 //! Dependencies: `clap` for argument parsing, `serde_json` for the JSON
-//! forms.
+//! forms, `hdrhistogram` for latency percentiles, `indicatif` for progress,
+//! and `plotters` (its SVG backend only, no fonts needed) for
+//! `diam bench --plot` charts.
 
 mod bench_cmd;
 mod codec_cmd;
@@ -15,6 +17,7 @@ mod hex;
 mod json;
 mod metrics_export;
 mod peer_cmd;
+mod plot;
 mod relay_cmd;
 
 use std::path::PathBuf;
@@ -192,7 +195,11 @@ pub(crate) struct TlsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one).
+    /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one);
+    /// HOST:P1-P2 listens on every port of the range (at most 1024), each
+    /// port its own node with the same identity (so one client can connect
+    /// to every port; --connect, --tls-listen go with the first), and the
+    /// listening line then adds "addrs" with all of them.
     /// Required, here or in --config.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<String>,
@@ -333,9 +340,19 @@ pub(crate) struct BenchArgs {
     /// Open loop: send N requests/s at fixed intended times instead.
     #[arg(long, value_name = "N")]
     pub(crate) rate: Option<f64>,
+    /// After the traffic, keep every connection open S seconds, then add
+    /// "hold" {connections_open, rss_bytes, cpu_percent} to the report (the
+    /// idle cost of the connections, from this process's /proc figures).
+    #[arg(long, value_name = "S")]
+    pub(crate) hold: Option<f64>,
     /// Append one JSON line per connection lifecycle event to FILE.
     #[arg(long, value_name = "FILE")]
     pub(crate) events: Option<PathBuf>,
+    /// Write an SVG chart to FILE after the run: answers per second and
+    /// p50/p99 latency per 100 ms, with disconnections, reconnections,
+    /// breaker and failover transitions marked on the time axis.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plot: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics during the run.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<String>,

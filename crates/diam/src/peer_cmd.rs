@@ -96,26 +96,51 @@ pub(crate) fn load_tls(tls: &TlsArgs) -> Result<Option<diam_client::TlsConfig>, 
 /// Most addresses one `HOST:P1-P2` range may expand to.
 const MAX_RANGE: u32 = 1024;
 
+/// `HOST:P1-P2` as `(HOST, P1, P2)`, checked (1 <= P1 <= P2, at most
+/// [`MAX_RANGE`] ports); `None` when `item` is not a range (a URI, or a
+/// single port).
+fn port_range<'a>(option: &str, item: &'a str) -> Result<Option<(&'a str, u16, u16)>, Failure> {
+    if item.contains("://") {
+        return Ok(None);
+    }
+    let Some((host, ports)) = item.rsplit_once(':') else { return Ok(None) };
+    let Some((a, b)) = ports.split_once('-') else { return Ok(None) };
+    let bad = || {
+        Failure::input(format!("{option} {item}: a port range is P1-P2 with 1 <= P1 <= P2, at most {MAX_RANGE} ports"))
+    };
+    let (lo, hi) = (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?);
+    if lo == 0 || lo > hi || u32::from(hi - lo) >= MAX_RANGE {
+        return Err(bad());
+    }
+    Ok(Some((host, lo, hi)))
+}
+
+/// Resolves a listening address, `HOST:PORT` or `HOST:P1-P2` (one address
+/// per port of the range, the host resolved once), and whether it was a
+/// range.
+pub(crate) fn resolve_listen(option: &str, addr: &str) -> Result<(Vec<SocketAddr>, bool), Failure> {
+    let addr = addr.trim();
+    match port_range(option, addr)? {
+        Some((host, lo, hi)) => {
+            let first =
+                resolve(&format!("{host}:{lo}")).map_err(|f| Failure::input(format!("{option} {}", f.message)))?;
+            Ok(((lo..=hi).map(|port| SocketAddr::new(first.ip(), port)).collect(), true))
+        }
+        None => Ok((vec![resolve(addr).map_err(|f| Failure::input(format!("{option} {}", f.message)))?], false)),
+    }
+}
+
 /// Parses a list of peers, where `HOST:P1-P2` means every port in the range.
 pub(crate) fn parse_peers(option: &str, list: &[String]) -> Result<Vec<PeerAddr>, Failure> {
     let mut out = Vec::new();
     for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        let range = item.rsplit_once(':').and_then(|(host, ports)| {
-            let (a, b) = ports.split_once('-')?;
-            Some((host, a.parse::<u16>().ok()?, b.parse::<u16>().ok()?))
-        });
-        match range {
-            Some((host, lo, hi)) if !item.contains("://") => {
-                if lo == 0 || lo > hi || u32::from(hi - lo) >= MAX_RANGE {
-                    return Err(Failure::input(format!(
-                        "{option} {item}: a port range is P1-P2 with 1 <= P1 <= P2, at most {MAX_RANGE} ports"
-                    )));
-                }
+        match port_range(option, item)? {
+            Some((host, lo, hi)) => {
                 for port in lo..=hi {
                     out.push(parse_peer(option, &format!("{host}:{port}"))?);
                 }
             }
-            _ => out.push(parse_peer(option, item)?),
+            None => out.push(parse_peer(option, item)?),
         }
     }
     for (i, a) in out.iter().enumerate() {
@@ -231,7 +256,8 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
     }
     let listen =
         args.listen.as_deref().ok_or_else(|| Failure::input("--listen is required (or listen in --config)"))?;
-    let listen = resolve(listen).map_err(|f| Failure::input(format!("--listen {}", f.message)))?;
+    // `HOST:P1-P2`: one listener per port.
+    let (listen, listen_range) = resolve_listen("--listen", listen)?;
     // Each --connect: `aaa://NAME...` names the peer's identity; `NAME=ADDR`
     // gives it explicitly; a bare address learns it from the first
     // capabilities exchange.
@@ -314,20 +340,42 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
             max_connections_per_source: NodeConfig::default().max_connections_per_source.min(max_connections),
             ..NodeConfig::default()
         };
-        let mut builder = Node::builder(node_config).default_handler(handler);
-        if args.allow.is_empty() {
-            builder = builder.accept_any();
+        // One node per listening port, with the same identity, handler and
+        // counters, and one event dispatcher: a node keeps one connection
+        // per peer identity (RFC 6733 §5.6.4; a second CER gets 5012), so a
+        // range stands for as many servers, and one client identity (such
+        // as `diam bench --peer HOST:P1-P2`) can hold a connection to each.
+        // A single address is one node, as before.
+        // As a node's own: listeners on one worker thread, never on a
+        // peer's task.
+        let events = diam_link::events::EventDispatcher::builder()
+            .executor(diam_link::events::ExecutorConfig::new(1, 4096))
+            .build()
+            .map_err(|e| Failure::failed(format!("event dispatcher: {e}")))?;
+        let mut nodes = Vec::with_capacity(listen.len());
+        for _ in 0..listen.len() {
+            let mut builder =
+                Node::builder(node_config.clone()).default_handler(handler.clone()).events(events.clone());
+            if args.allow.is_empty() {
+                builder = builder.accept_any();
+            }
+            for p in &args.allow {
+                builder = builder.allow(p.clone());
+            }
+            if let Some(t) = &tls {
+                builder = builder.tls(t.clone());
+            }
+            nodes.push(builder.build().map_err(|e| Failure::input(e.to_string()))?);
         }
-        for p in &args.allow {
-            builder = builder.allow(p.clone());
-        }
-        if let Some(t) = tls {
-            builder = builder.tls(t);
-        }
-        let node = builder.build().map_err(|e| Failure::input(e.to_string()))?;
+        let node = nodes[0].clone();
         let out = Arc::new(Mutex::new(()));
         let _peer_events = peer_events(&node, out.clone());
-        let addr = node.listen_tcp(listen).await.map_err(|e| Failure::failed(e.to_string()))?;
+        let mut addrs = Vec::with_capacity(listen.len());
+        let stop = shutdown_signal("diam serve");
+        for (n, a) in nodes.iter().zip(listen) {
+            addrs.push(n.listen_tcp(a).await.map_err(|e| Failure::failed(e.to_string()))?);
+        }
+        let addr = addrs[0];
         let tls_addr = match tls_listen {
             Some(a) => Some(node.listen_tls(a).await.map_err(|e| Failure::failed(e.to_string()))?),
             None => None,
@@ -335,6 +383,9 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
         {
             let _guard = out.lock();
             let mut line = json!({"event": "listening", "addr": addr.to_string()});
+            if listen_range {
+                line["addrs"] = addrs.iter().map(ToString::to_string).collect();
+            }
             if let Some(t) = tls_addr {
                 line["tls_addr"] = json!(t.to_string());
             }
@@ -342,8 +393,10 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
         }
         #[cfg(unix)]
         if args.tls.tls_cert.is_some() {
-            reload_on_hangup(node.clone(), args.tls.clone(), "diam serve");
+            reload_on_hangup(nodes.clone(), args.tls.clone(), "diam serve");
         }
+        // Outbound peers belong to the first node (the others would be
+        // refused by them as duplicates).
         for (identity, peer) in connect {
             let added = match identity {
                 Some(id) => node.add_peer(&id, [peer.clone()]).map(drop),
@@ -351,10 +404,13 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
             };
             added.map_err(|e| Failure::input(format!("--connect {peer}: {e}")))?;
         }
-        shutdown_signal("diam serve").await;
-        node.shutdown(Duration::from_secs(5)).await;
+        stop.await;
+        let mut stopping = tokio::task::JoinSet::new();
+        for n in nodes {
+            stopping.spawn(async move { n.shutdown(Duration::from_secs(5)).await });
+        }
+        while stopping.join_next().await.is_some() {}
         // Let the last peer_down lines out before the summary.
-        let events = node.events().clone();
         let _ = tokio::task::spawn_blocking(move || events.shutdown(Duration::from_secs(1))).await;
         let t = &summary.totals;
         let _guard = out.lock();
@@ -428,15 +484,16 @@ pub(crate) fn peer_events(node: &Node, out: Arc<Mutex<()>>) -> diam_link::events
     })
 }
 
-/// SIGHUP reloads the certificate, key and CA for new connections.
+/// SIGHUP reloads the certificate, key and CA of every node in `nodes`
+/// for new connections.
 #[cfg(unix)]
-pub(crate) fn reload_on_hangup(node: Node, tls_args: TlsArgs, name: &'static str) {
+pub(crate) fn reload_on_hangup(nodes: Vec<Node>, tls_args: TlsArgs, name: &'static str) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
         while hup.recv().await.is_some() {
             match load_tls(&tls_args) {
-                Ok(Some(t)) => match node.reload_tls(t) {
+                Ok(Some(t)) => match nodes.iter().try_for_each(|node| node.reload_tls(t.clone())) {
                     Ok(()) => eprintln!("{name}: TLS credentials reloaded"),
                     Err(e) => eprintln!("{name}: TLS reload: {e}"),
                 },
@@ -447,27 +504,34 @@ pub(crate) fn reload_on_hangup(node: Node, tls_args: TlsArgs, name: &'static str
     });
 }
 
-pub(crate) async fn shutdown_signal(name: &str) {
+/// Resolves at SIGINT or SIGTERM. The handlers are installed when this is
+/// called (not when it is first awaited): call it before announcing that
+/// the node is listening, so a signal sent right after that line is seen.
+pub(crate) fn shutdown_signal(name: &'static str) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            (Some(mut term), Some(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = int.recv() => {}
                 }
             }
-            Err(_) => {
+            _ => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        eprintln!("{name}: shutting down, sending DPR to peers");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    eprintln!("{name}: shutting down, sending DPR to peers");
 }
 
 fn step(result: Result<(u32, Duration), String>) -> (serde_json::Value, bool) {

@@ -467,6 +467,7 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
         let dict = Arc::new(Dictionary::base().clone());
         let mut peers = Peers { node: node.clone(), by_item: HashMap::new() };
         node.set_routes(table(&specs, default.as_ref(), &mut peers, args.strategy, &dict)?);
+        let stop = shutdown_signal("diam relay");
         let addr = node.listen_tcp(listen).await.map_err(|e| Failure::failed(e.to_string()))?;
         let tls_addr = match tls_listen {
             Some(a) => Some(node.listen_tls(a).await.map_err(|e| Failure::failed(e.to_string()))?),
@@ -482,13 +483,13 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
         }
         #[cfg(unix)]
         if args.tls.tls_cert.is_some() {
-            reload_on_hangup(node.clone(), args.tls.clone(), "diam relay");
+            reload_on_hangup(vec![node.clone()], args.tls.clone(), "diam relay");
         }
         #[cfg(unix)]
         if let (Some(path), true) = (args.config.clone(), routes_from_file) {
             reload_routes_on_hangup(path, peers, args.strategy, dict, out.clone());
         }
-        shutdown_signal("diam relay").await;
+        stop.await;
         node.shutdown(Duration::from_secs(5)).await;
         let events = node.events().clone();
         let _ = tokio::task::spawn_blocking(move || events.shutdown(Duration::from_secs(1))).await;
