@@ -4,6 +4,7 @@
 #
 #   direct  diam bench -> diam serve
 #   relay   diam bench -> diam relay -> diam serve
+#   relay1  the same, the relay with --threads 1 (a current-thread runtime)
 #   fd      diam bench -> freeDiameterd 1.2.1 (rt_default.fdx) -> diam serve
 #
 #   scripts/bench-relay.sh [ROUNDS] [SECONDS]     (default 3 rounds of 10 s)
@@ -90,6 +91,13 @@ wait_for "$dir/relay.out" '"listening"'
 wait_for "$dir/relay.out" '"peer_up","peer":"serve.localdomain"'
 relay=$(addr_of "$dir/relay.out")
 
+"$D" relay --listen 127.0.0.1:0 --threads 1 --origin-host diam-relay1.localdomain \
+    --route "localdomain=$serve" >"$dir/relay1.out" 2>"$dir/relay1.err" &
+pids+=($!)
+wait_for "$dir/relay1.out" '"listening"'
+wait_for "$dir/relay1.out" '"peer_up","peer":"serve.localdomain"'
+relay1=$(addr_of "$dir/relay1.out")
+
 fd_port=3868
 conf=$("$ROOT/interop/freediameter/fd-conf.sh" "$dir" relay.fd.test "$fd_port" \
     --allow localdomain --connect "serve.localdomain:${serve##*:}")
@@ -104,10 +112,11 @@ fd=127.0.0.1:$fd_port
 
 echo "bench-relay: $rounds rounds of $secs s at --inflight $inflight; serve $serve, diam relay $relay, freeDiameterd $fd" >&2
 for i in $(seq "$rounds"); do
-    for sys in direct relay fd; do
+    for sys in direct relay relay1 fd; do
         case $sys in
         direct) peer=$serve ;;
         relay) peer=$relay ;;
+        relay1) peer=$relay1 ;;
         fd) peer=$fd ;;
         esac
         out=$dir/$sys.$i.json
@@ -143,14 +152,17 @@ def stats(s):
     return {"runs": [r["rps"] for r in rs], "mean_rps": round(mean([r["rps"] for r in rs])),
             "mean_p50_us": round(mean([r["p50_us"] for r in rs])), "mean_p99_us": round(mean([r["p99_us"] for r in rs])),
             "errors": sum(r["errors"] for r in rs), "timeouts": sum(r["timeouts"] for r in rs)}
-systems = {"direct": stats("direct"), "diam_relay": stats("relay"), "freediameterd": stats("fd")}
-d, r, f = (systems[k]["mean_rps"] for k in ("direct", "diam_relay", "freediameterd"))
+systems = {"direct": stats("direct"), "diam_relay": stats("relay"), "diam_relay_threads_1": stats("relay1"),
+           "freediameterd": stats("fd")}
+d, r, r1, f = (systems[k]["mean_rps"] for k in ("direct", "diam_relay", "diam_relay_threads_1", "freediameterd"))
 ok_2001 = sum(r.get("result_codes", {}).get("2001", 0) for r in runs)
 summary = {
-    "duration_s": float(sys.argv[3]), "inflight": int(sys.argv[4]), "rounds": len(runs) // 3,
+    "duration_s": float(sys.argv[3]), "inflight": int(sys.argv[4]), "rounds": len(runs) // 4,
     "systems": systems,
     "ratio_relay_over_direct": round(r / d, 3) if d else None,
     "ratio_relay_over_freediameterd": round(r / f, 3) if f else None,
+    "ratio_relay_threads_1_over_direct": round(r1 / d, 3) if d else None,
+    "ratio_relay_threads_1_over_freediameterd": round(r1 / f, 3) if f else None,
     "client_2001_total": ok_2001,
     "serve_answers_total": stopped[0]["answers"] if stopped else None,
 }

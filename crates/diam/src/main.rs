@@ -469,6 +469,11 @@ pub(crate) struct RelayArgs {
     /// flag given here overrides the file.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// Runtime threads: 1 runs everything on one thread (no cross-thread
+    /// wake-ups between the peer tasks a request crosses); default one
+    /// worker per core.
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
     #[command(flatten)]
     pub(crate) identity: RelayIdentityArgs,
     #[command(flatten)]

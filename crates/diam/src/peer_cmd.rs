@@ -152,10 +152,25 @@ pub(crate) fn parse_peers(option: &str, list: &[String]) -> Result<Vec<PeerAddr>
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::failed(format!("starting the runtime: {e}")))
+    runtime_with(None)
+}
+
+/// The runtime for `--threads`: `None` a multi-thread runtime with a worker
+/// per core, `Some(1)` a current-thread runtime (no cross-thread wake-ups:
+/// every task on one thread), `Some(n)` a multi-thread runtime with `n`
+/// workers.
+pub(crate) fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut b = match threads {
+        Some(0) => return Err(Failure::input("--threads must be at least 1")),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.min(1024));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    b.enable_all().build().map_err(|e| Failure::failed(format!("starting the runtime: {e}")))
 }
 
 /// The connection config from the common options.

@@ -429,7 +429,7 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
     // Each peer may have as many requests being forwarded as it may have
     // pending with us (--max-pending).
     cfg.max_concurrent_handlers = cfg.max_pending;
-    let rt = crate::peer_cmd::runtime()?;
+    let rt = crate::peer_cmd::runtime_with(args.threads)?;
     if let Some(metrics_addr) = args.metrics {
         let _in_runtime = rt.enter();
         crate::metrics_export::install(metrics_addr)?;

@@ -150,7 +150,8 @@ fn relay_forwards_to_serve_and_serve_reads_its_config() {
     let mut serve = Proc::spawn("diam-serve", &cmd, false).unwrap();
     let serve_addr = listening(&serve, "diam serve");
     let mut cmd = diam();
-    cmd.args(["relay", "--listen", "127.0.0.1:0", "--route", &format!("LocalDomain:4={serve_addr}")]);
+    // On a current-thread runtime (--threads 1): every peer task on one thread.
+    cmd.args(["relay", "--listen", "127.0.0.1:0", "--threads", "1", "--route", &format!("LocalDomain:4={serve_addr}")]);
     let mut relay = Proc::spawn("diam-relay", &cmd, false).unwrap();
     let relay_addr = listening(&relay, "diam relay");
     relay
@@ -365,6 +366,15 @@ fn bad_routes_and_files_exit_2() {
         vec!["relay".into(), "--config".into(), p(&dir.path().join("missing.toml"))],
         vec!["serve".into(), "--config".into(), p(&serve_routes)],
         vec!["serve".into()],
+        vec![
+            "relay".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--route".into(),
+            "a.b=127.0.0.1:1".into(),
+            "--threads".into(),
+            "0".into(),
+        ],
     ];
     for args in cases {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
