@@ -632,10 +632,12 @@ impl Ticket {
         self.member
     }
 
-    /// Records the outcome in the member's health and breaker.
-    pub(crate) fn finish(mut self, outcome: &Reply) {
+    /// Records the outcome, known at `now`, in the member's health and
+    /// breaker.
+    pub(crate) fn finish(mut self, outcome: &Reply, now: Instant) {
         self.recorded = true;
-        self.group.record_member(self.member, self.probe, outcome, self.started.elapsed(), true);
+        let latency = now.saturating_duration_since(self.started);
+        self.group.record_member(self.member, self.probe, outcome, latency, true, now);
     }
 }
 
@@ -658,7 +660,7 @@ impl std::fmt::Debug for Ticket {
 impl PeerGroup {
     /// Reserves a usable member other than the peers in `tried`, for a
     /// request an agent forwards (no waiting: `None` when none is usable).
-    pub(crate) fn reserve(&self, tried: &[ConnectionId]) -> Option<(PeerHandle, Ticket)> {
+    pub(crate) fn reserve(&self, tried: &[ConnectionId], now: Instant) -> Option<(PeerHandle, Ticket)> {
         let g = &self.inner;
         if g.is_closed() {
             return None;
@@ -673,12 +675,12 @@ impl PeerGroup {
                 }
             }
         }
-        let attempt = g.pick(&excluded[..n])?;
+        let attempt = g.pick_at(&excluded[..n], now)?;
         let (member, probe) = (attempt.member, attempt.probe);
         // The ticket takes over the attempt's reservation (and its release).
         std::mem::forget(attempt);
         let peer = g.members[member].peer.clone();
-        Some((peer, Ticket { group: self.inner.clone(), member, probe, recorded: false, started: Instant::now() }))
+        Some((peer, Ticket { group: self.inner.clone(), member, probe, recorded: false, started: now }))
     }
 
     /// How many members the group has.
@@ -1155,7 +1157,11 @@ impl GroupInner {
     /// count, half-open probe). O(1) in the number of members (LRU: O(1)
     /// amortized; a member refused by its breaker costs one more draw).
     fn pick(&self, tried: &[usize]) -> Option<Attempt<'_>> {
-        let now = Instant::now();
+        self.pick_at(tried, Instant::now())
+    }
+
+    /// [`pick`](Self::pick) at `now` (the caller's clock reading).
+    fn pick_at(&self, tried: &[usize], now: Instant) -> Option<Attempt<'_>> {
         let std_now = now.into_std();
         let mut out = Pending::default();
         let picked = {
@@ -1331,13 +1337,21 @@ impl GroupInner {
     /// Records one attempt's outcome in the member's health, breaker and
     /// balancer, and in the failover machine.
     fn record(&self, attempt: &Attempt<'_>, outcome: &Reply, latency: Duration) {
-        self.record_member(attempt.member, attempt.probe, outcome, latency, false);
+        self.record_member(attempt.member, attempt.probe, outcome, latency, false, Instant::now());
     }
 
     /// Records one outcome. `relayed`: the request was forwarded for an
     /// agent, so a 3xxx answer may come from further away than the member
     /// (see [`relayed_verdict`]).
-    fn record_member(&self, member: usize, probe: bool, outcome: &Reply, latency: Duration, relayed: bool) {
+    fn record_member(
+        &self,
+        member: usize,
+        probe: bool,
+        outcome: &Reply,
+        latency: Duration,
+        relayed: bool,
+        now: Instant,
+    ) {
         let c = &self.members[member].counters;
         match outcome {
             Ok(_) => c.answers.fetch_add(1, Ordering::Relaxed),
@@ -1349,7 +1363,6 @@ impl GroupInner {
         } else {
             verdict(outcome)
         };
-        let now = Instant::now();
         let std_now = now.into_std();
         let mut out = Pending::default();
         {

@@ -246,7 +246,7 @@ impl PeerTask {
         if self.forward_expiry.len() > 2 * self.forwards.len() + 1024 {
             self.forward_expiry = self.forwards.iter().map(|(t, f)| Reverse((f.deadline + EXPIRY_GRACE, *t))).collect();
         }
-        self.send_forward(token);
+        self.send_forward(token, now);
         Decision::Done
     }
 
@@ -283,7 +283,7 @@ impl PeerTask {
 
     /// Sends forward `token` to its next upstream peer, or answers 3002
     /// when there is none.
-    fn send_forward(&mut self, token: u64) {
+    fn send_forward(&mut self, token: u64, now: Instant) {
         let tx = self.relay_sender();
         let record = self.route_record();
         loop {
@@ -295,7 +295,7 @@ impl PeerTask {
                 Some(p) if !f.has_tried(p.shared.id) => (p, None),
                 _ => {
                     let tried: Vec<ConnectionId> = f.tried_ids().collect();
-                    match f.route.as_ref().and_then(|r| r.action.group()).and_then(|g| g.reserve(&tried)) {
+                    match f.route.as_ref().and_then(|r| r.action.group()).and_then(|g| g.reserve(&tried, now)) {
                         Some((p, t)) => (p, Some(t)),
                         None => break,
                     }
@@ -334,7 +334,7 @@ impl PeerTask {
                     // Never written: another peer may take it as it is.
                     tracing::debug!(to = %Escaped(&peer.shared.label()), error = %e, "upstream refused a forwarded request");
                     if let Some(t) = ticket {
-                        t.finish(&Err(Unanswered::unsent(e)));
+                        t.finish(&Err(Unanswered::unsent(e)), now);
                     }
                     self.node.agent.counters.rerouted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -385,7 +385,7 @@ impl PeerTask {
         let Some(mut f) = self.forwards.remove(&token) else { return };
         let member = f.upstream.take().and_then(|up| {
             if let Some(t) = up.ticket {
-                t.finish(&reply);
+                t.finish(&reply, now);
             }
             up.member
         });
@@ -400,7 +400,7 @@ impl PeerTask {
                     f.rerouted_on_3002 = true;
                     self.node.agent.counters.rerouted.fetch_add(1, Ordering::Relaxed);
                     self.forwards.insert(token, f);
-                    self.send_forward(token);
+                    self.send_forward(token, now);
                     return;
                 }
                 self.relay_answer(f, answer, member, now);
@@ -409,7 +409,7 @@ impl PeerTask {
                 // It never reached the connection: another peer as it is.
                 self.node.agent.counters.rerouted.fetch_add(1, Ordering::Relaxed);
                 self.forwards.insert(token, f);
-                self.send_forward(token);
+                self.send_forward(token, now);
             }
             Err(Unanswered { written: Some(_), error: error @ (Error::ConnectionLost(_) | Error::Closed) })
                 if now < f.deadline =>
@@ -425,7 +425,7 @@ impl PeerTask {
                 f.retransmitted = true;
                 self.node.agent.counters.retransmitted.fetch_add(1, Ordering::Relaxed);
                 self.forwards.insert(token, f);
-                self.send_forward(token);
+                self.send_forward(token, now);
             }
             // Timed out upstream, or out of time: unable to deliver.
             Err(_) => self.fail_forward(f, result_codes::DIAMETER_UNABLE_TO_DELIVER),
