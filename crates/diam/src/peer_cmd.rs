@@ -56,6 +56,25 @@ pub(crate) fn parse_target(option: &str, item: &str) -> Result<(Option<String>, 
     Ok((identity, addr))
 }
 
+/// What `serve` and `relay` check of their inbound settings: `--allow`
+/// patterns and `--max-connections`; without `--allow` they accept any
+/// peer, and say so.
+pub(crate) fn check_inbound(name: &str, allow: &[String], max_connections: usize) -> Result<(), Failure> {
+    for p in allow {
+        let domain = p.strip_prefix("*.").unwrap_or(p);
+        if !diam_proto::peer::is_identity(domain) {
+            return Err(Failure::input(format!("--allow {p}: expected an identity or *.DOMAIN")));
+        }
+    }
+    if max_connections == 0 {
+        return Err(Failure::input("--max-connections must be at least 1"));
+    }
+    if allow.is_empty() {
+        eprintln!("{name}: no --allow given: accepting any peer whose CER passes the checks (a test tool; use --allow in production)");
+    }
+    Ok(())
+}
+
 /// `aaas://` peers need TLS credentials.
 pub(crate) fn check_tls_peers<'a>(
     option: &str,
@@ -289,18 +308,7 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
     if tls_listen.is_some() && tls.is_none() {
         return Err(Failure::input("--tls-listen needs --tls-cert, --tls-key and --tls-ca"));
     }
-    for p in &args.allow {
-        let domain = p.strip_prefix("*.").unwrap_or(p);
-        if !diam_proto::peer::is_identity(domain) {
-            return Err(Failure::input(format!("--allow {p}: expected an identity or *.DOMAIN")));
-        }
-    }
-    if args.max_connections == 0 {
-        return Err(Failure::input("--max-connections must be at least 1"));
-    }
-    if args.allow.is_empty() {
-        eprintln!("diam serve: no --allow given: accepting any peer whose CER passes the checks (a test tool; use --allow in production)");
-    }
+    check_inbound("diam serve", &args.allow, args.max_connections)?;
     let mut cfg = config(&args.identity, &args.tuning, &args.app, &args.tls)?;
     cfg.max_concurrent_handlers = cfg.max_pending.max(1024);
     let origin_host: Arc<str> = args.identity.origin_host.clone().into();

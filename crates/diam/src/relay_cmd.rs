@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::config_file::{self, FileConfig, RouteFile};
 use crate::json::{cli_avp, write_cli_avp, CliAvp};
 use crate::peer_cmd::{
-    check_tls_peers, config, load_tls, parse_target, peer_events, print_json, reload_on_hangup, resolve,
+    check_inbound, check_tls_peers, config, load_tls, parse_target, peer_events, print_json, reload_on_hangup, resolve,
     shutdown_signal,
 };
 use crate::{Failure, RelayArgs};
@@ -411,18 +411,7 @@ pub(crate) fn relay(args: &RelayArgs, matches: &ArgMatches) -> Result<(), Failur
         }
     }
     check_tls_peers("--connect", connect.iter().filter_map(|(_, a)| a.as_ref()), &args.tls)?;
-    for p in &args.allow {
-        let domain = p.strip_prefix("*.").unwrap_or(p);
-        if !diam_proto::peer::is_identity(domain) {
-            return Err(Failure::input(format!("--allow {p}: expected an identity or *.DOMAIN")));
-        }
-    }
-    if args.max_connections == 0 {
-        return Err(Failure::input("--max-connections must be at least 1"));
-    }
-    if args.allow.is_empty() {
-        eprintln!("diam relay: no --allow given: accepting any peer whose CER passes the checks (a test tool; use --allow in production)");
-    }
+    check_inbound("diam relay", &args.allow, args.max_connections)?;
     let tls = load_tls(&args.tls)?;
     let identity = args.identity.to_identity();
     let mut cfg = config(&identity, &args.tuning, &[], &args.tls)?;

@@ -157,33 +157,6 @@ fn erlang_requests(p: &Proc) -> Vec<std::collections::BTreeMap<String, String>> 
         .collect()
 }
 
-/// Whether tcpdump can capture here; in CI it must. `None` means: go on
-/// without a capture (already reported on stderr).
-fn start_capture(test: &str, dir: &Path, ports: &[u16]) -> Option<Capture> {
-    if !tcpdump_available() || !tshark_available() {
-        let missing = if tcpdump_available() { "tshark" } else { "tcpdump" };
-        if peers_required() {
-            panic!("{test}: {missing} is not installed, but CI=true or DIAM_REQUIRE_PEERS=1 requires it");
-        }
-        eprintln!("NOTE {test}: {missing} not installed; checking without a packet capture");
-        return None;
-    }
-    match Capture::start(dir, ports) {
-        Ok(c) => Some(c),
-        Err(e) if peers_required() => panic!("{test}: cannot capture on lo: {e}"),
-        Err(e) => {
-            eprintln!("NOTE {test}: cannot capture on lo ({e}); checking without a packet capture");
-            None
-        }
-    }
-}
-
-/// No frame matches the tshark display `filter`.
-fn assert_no_frames(test: &str, pcap: &Path, ports: &[u16], filter: &str) {
-    let bad = tshark(pcap, ports, &["-Y", filter]);
-    assert!(bad.stdout.trim().is_empty(), "{test}: tshark finds frames matching `{filter}`:\n{}", bad.stdout);
-}
-
 /// One Credit-Control PDU as tshark decoded it.
 #[derive(Debug, Clone)]
 struct CcPdu {

@@ -111,7 +111,7 @@ fn the_readme_configuration_runs_and_its_routes_answer() {
     let a = send(addr, "ocs.example.net");
     assert_eq!(result_code(&a), Some(3002), "{a}");
     // Metrics carry the local answers by route and Result-Code.
-    let body = http_get(&metrics, "/metrics");
+    let body = scrape_metrics(metrics.parse().unwrap()).unwrap_or_else(|e| panic!("scraping the relay: {e}"));
     assert!(
         body.lines().any(|l| l.starts_with("diam_relay_local_answers_total")
             && l.contains("route=\"*.roaming.example\"")
@@ -124,16 +124,6 @@ fn the_readme_configuration_runs_and_its_routes_answer() {
     let v: serde_json::Value = serde_json::from_str(&stopped).unwrap();
     assert_eq!(v["local_answers"], 2, "{stopped}");
     assert_eq!(v["forwarded"], 0, "{stopped}");
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
 }
 
 #[test]

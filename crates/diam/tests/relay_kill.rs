@@ -37,11 +37,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{diam, free_port, start_serve, Proc};
+use common::{diam, free_port, scrape_metrics, start_serve, Proc};
 use serde_json::Value;
 
 /// Requests the bench keeps in flight.
@@ -54,20 +53,6 @@ const BENCH_SECONDS: &str = "4";
 /// Answers each serve must have given (through the relay) before the kill.
 const WARMUP_ANSWERS: f64 = 500.0;
 const ROUTE: &str = "localdomain";
-
-/// GET /metrics over HTTP/1.0; the body.
-fn scrape(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    if !(head.starts_with("HTTP/1.") && head.contains(" 200 ")) {
-        return Err(std::io::Error::other(format!("not a 200 response: {head}")));
-    }
-    Ok(body.to_string())
-}
 
 /// The samples of metric `name`: label set (as printed) → value.
 fn samples(body: &str, name: &str) -> BTreeMap<String, f64> {
@@ -201,7 +186,7 @@ fn attempt(n: usize) -> Option<Run> {
     // Kill B once both serves have answered some traffic through the relay.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let body = scrape(metrics).unwrap_or_default();
+        let body = scrape_metrics(metrics).unwrap_or_default();
         let answered = |p| peer_sample(&body, "diam_relay_peer_answered_total", p);
         if answered(a) >= WARMUP_ANSWERS && answered(b) >= WARMUP_ANSWERS {
             break;
@@ -221,7 +206,7 @@ fn attempt(n: usize) -> Option<Run> {
     let report: Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bench stdout is not JSON ({e})\n{}", bench.dump()));
 
-    let metrics_body = scrape(metrics).unwrap_or_else(|e| panic!("scraping the relay: {e}\n{}", relay.dump()));
+    let metrics_body = scrape_metrics(metrics).unwrap_or_else(|e| panic!("scraping the relay: {e}\n{}", relay.dump()));
     let relay_stopped = stop(&mut relay);
     let survivor = stop(&mut serve_a);
     eprintln!("attempt {n}: bench {report}\nrelay {relay_stopped}\nsurvivor {survivor}");

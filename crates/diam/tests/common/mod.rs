@@ -705,3 +705,47 @@ pub(crate) fn tshark_pdus(pcap: &Path, ports: &[u16]) -> Vec<Pdu> {
 pub(crate) fn run_diam(args: &[&str], secs: u64) -> Finished {
     run(diam().args(args), secs)
 }
+
+// ---------------------------------------------------------------------------
+// Captures and metrics
+
+/// Whether tcpdump can capture here; in CI it must. `None` means: go on
+/// without a capture (already reported on stderr).
+pub(crate) fn start_capture(test: &str, dir: &Path, ports: &[u16]) -> Option<Capture> {
+    if !tcpdump_available() || !tshark_available() {
+        let missing = if tcpdump_available() { "tshark" } else { "tcpdump" };
+        if peers_required() {
+            panic!("{test}: {missing} is not installed, but CI=true or DIAM_REQUIRE_PEERS=1 requires it");
+        }
+        eprintln!("NOTE {test}: {missing} not installed; checking without a packet capture");
+        return None;
+    }
+    match Capture::start(dir, ports) {
+        Ok(c) => Some(c),
+        Err(e) if peers_required() => panic!("{test}: cannot capture on lo: {e}"),
+        Err(e) => {
+            eprintln!("NOTE {test}: cannot capture on lo ({e}); checking without a packet capture");
+            None
+        }
+    }
+}
+
+/// No frame matches the tshark display `filter` (e.g. `_ws.malformed`).
+pub(crate) fn assert_no_frames(test: &str, pcap: &Path, ports: &[u16], filter: &str) {
+    let bad = tshark(pcap, ports, &["-Y", filter]);
+    assert!(bad.stdout.trim().is_empty(), "{test}: tshark finds frames matching `{filter}`:\n{}", bad.stdout);
+}
+
+/// GET /metrics over HTTP/1.0; the body.
+pub(crate) fn scrape_metrics(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !(head.starts_with("HTTP/1.") && head.contains(" 200 ")) {
+        return Err(std::io::Error::other(format!("not a 200 response: {head}")));
+    }
+    Ok(body.to_string())
+}
