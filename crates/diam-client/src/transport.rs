@@ -194,9 +194,30 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 impl TcpAcceptor {
     /// Binds `addr` with a backlog of [`LISTEN_BACKLOG`].
     pub async fn bind(addr: SocketAddr) -> io::Result<TcpAcceptor> {
+        Self::bind_socket(addr, false)
+    }
+
+    /// Binds `addr` with SO_REUSEPORT, so that several listeners (one per
+    /// runtime thread, say) share the port and the kernel spreads incoming
+    /// connections over them by their addresses. Every listener of the port
+    /// must set it. Synchronous (binding never waits); call it inside the
+    /// runtime that will accept on it.
+    #[cfg(unix)]
+    pub fn bind_shared(addr: SocketAddr) -> io::Result<TcpAcceptor> {
+        Self::bind_socket(addr, true)
+    }
+
+    fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpAcceptor> {
         let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
         #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
+        {
+            socket.set_reuseaddr(true)?;
+            if reuse_port {
+                socket.set_reuseport(true)?;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = reuse_port;
         socket.bind(addr)?;
         let listener = socket.listen(LISTEN_BACKLOG)?;
         Ok(TcpAcceptor { listener, nodelay: true })

@@ -191,12 +191,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------
 // The workload
 
+/// One runtime's client (`--threads N`: one per runtime; otherwise the
+/// only one): its workers send through its group only.
+struct Lane {
+    client: AddressClient,
+    group: PeerGroup,
+    /// The runtime its tasks run on.
+    handle: tokio::runtime::Handle,
+    /// Its Origin-Host (also the Session-Id prefix).
+    origin_host: String,
+}
+
+/// Lane `i`'s Origin-Host: the given one for the first, and the first label
+/// with `-i` appended for the others (client.example.com →
+/// client-1.example.com), since a peer keeps one connection per identity.
+fn lane_identity(host: &str, i: usize) -> String {
+    if i == 0 {
+        return host.to_string();
+    }
+    match host.split_once('.') {
+        Some((first, rest)) => format!("{first}-{i}.{rest}"),
+        None => format!("{host}-{i}"),
+    }
+}
+
 /// What every sender shares.
 struct Ctx {
-    group: PeerGroup,
     /// Fraction of requests sent retryable (P flag set).
     retryable: f64,
-    origin_host: String,
     origin_realm: String,
     destination_realm: String,
     /// Makes Session-Ids unique across runs.
@@ -214,14 +236,14 @@ impl Ctx {
     /// The next request and whether it is retryable: request `n` is when
     /// `floor((n + 1) × F)` exceeds `floor(n × F)`, which spreads exactly
     /// the `--retryable` fraction F evenly.
-    fn next_request(&self) -> (Message, bool) {
+    fn next_request(&self, lane: &Lane) -> (Message, bool) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let f = self.retryable;
         let retryable = f >= 1.0 || ((n + 1) as f64 * f).floor() > (n as f64 * f).floor();
         let ccr = Message::request(apps::CREDIT_CONTROL, commands::CREDIT_CONTROL)
             .proxiable(retryable)
-            .avp(avps::SESSION_ID, format!("{};{};{n}", self.origin_host, self.boot))
-            .avp(avps::ORIGIN_HOST, self.origin_host.as_str())
+            .avp(avps::SESSION_ID, format!("{};{};{n}", lane.origin_host, self.boot))
+            .avp(avps::ORIGIN_HOST, lane.origin_host.as_str())
             .avp(avps::ORIGIN_REALM, self.origin_realm.as_str())
             .avp(avps::DESTINATION_REALM, self.destination_realm.as_str())
             .avp(avps::AUTH_APPLICATION_ID, apps::CREDIT_CONTROL)
@@ -232,11 +254,6 @@ impl Ctx {
             .avp(avps::CC_REQUEST_NUMBER, 0u32)
             .build();
         (ccr, retryable)
-    }
-
-    /// Sends one request through the group (retryable when it has the P flag).
-    async fn send(&self, ccr: Message) -> Result<Message, Error> {
-        self.group.send(ccr).await
     }
 }
 
@@ -250,19 +267,30 @@ async fn pace_fast_error(outcome: &Result<Message, Error>, latency: Duration) {
 
 /// One closed-loop worker: sends back to back until told to stop, then
 /// returns once its last request has completed.
-async fn closed_worker(ctx: Arc<Ctx>) {
+///
+/// One clock reading per request: the time a request completes is the
+/// time the next one starts (building a request takes well under the
+/// histogram's 1 µs resolution). Outcomes go to the worker's own tally,
+/// merged into the shared one every 100 ms.
+async fn closed_worker(ctx: Arc<Ctx>, lane: Arc<Lane>) {
     let mut local = Tally::new(ctx.plot);
-    let mut flushed = Instant::now();
+    let mut started = Instant::now();
+    let mut flushed = started;
     while !ctx.stop.load(Ordering::Relaxed) {
-        let (ccr, retryable) = ctx.next_request();
-        let started = Instant::now();
-        let outcome = ctx.send(ccr).await;
-        let latency = started.elapsed();
-        local.record(&outcome, retryable, latency, started + latency);
-        pace_fast_error(&outcome, latency).await;
-        if flushed.elapsed() >= Duration::from_millis(100) {
+        let (ccr, retryable) = ctx.next_request(&lane);
+        let outcome = lane.group.send(ccr).await;
+        let done = Instant::now();
+        let latency = done.saturating_duration_since(started);
+        local.record(&outcome, retryable, latency, done);
+        if outcome.is_err() && latency < Duration::from_millis(1) {
+            pace_fast_error(&outcome, latency).await;
+            started = Instant::now();
+        } else {
+            started = done;
+        }
+        if done.saturating_duration_since(flushed) >= Duration::from_millis(100) {
             lock(&ctx.tally).absorb(&mut local);
-            flushed = Instant::now();
+            flushed = done;
         }
     }
     lock(&ctx.tally).absorb(&mut local);
@@ -270,7 +298,9 @@ async fn closed_worker(ctx: Arc<Ctx>) {
 
 /// The open loop: request `k` is due at `start + k / rate`. Returns how
 /// many were due within the window.
-async fn open_loop(ctx: Arc<Ctx>, rate: f64, inflight: usize, window: Duration) -> u64 {
+/// Request `k` goes through lane `k mod lanes`, as a task on that lane's
+/// runtime.
+async fn open_loop(ctx: Arc<Ctx>, lanes: &[Arc<Lane>], rate: f64, inflight: usize, window: Duration) -> u64 {
     let permits = Arc::new(Semaphore::new(inflight));
     let start = Instant::now();
     let end = start + window;
@@ -296,14 +326,15 @@ async fn open_loop(ctx: Arc<Ctx>, rate: f64, inflight: usize, window: Duration) 
             },
             () = tokio::time::sleep_until(end) => break,
         };
+        let lane = lanes[(k % lanes.len() as u64) as usize].clone();
         k += 1;
         let ctx = ctx.clone();
         // Latency counts from the intended time, or from the actual send
         // when the timer let it go early.
         let origin = intended.min(Instant::now());
-        tokio::spawn(async move {
-            let (ccr, retryable) = ctx.next_request();
-            let outcome = ctx.send(ccr).await;
+        lane.handle.clone().spawn(async move {
+            let (ccr, retryable) = ctx.next_request(&lane);
+            let outcome = lane.group.send(ccr).await;
             let latency = origin.elapsed();
             lock(&ctx.tally).record(&outcome, retryable, latency, origin + latency);
             drop(permit);
@@ -592,17 +623,22 @@ fn hold_window(hold: Option<f64>) -> Result<Option<Duration>, Failure> {
 /// independently from /proc), `rss_bytes` (VmRSS at the end) and
 /// `cpu_percent` (user + system CPU time over the hold, divided by its wall
 /// time, as a percentage of one core). A figure /proc cannot give is null.
-async fn hold(client: &AddressClient, window: Duration) -> Value {
+async fn hold(lanes: &[Arc<Lane>], window: Duration) -> Value {
     let cpu_before = proc_cpu_ticks();
     let started = std::time::Instant::now();
     tokio::time::sleep(window).await;
     let cpu_after = proc_cpu_ticks();
     let wall = started.elapsed().as_secs_f64();
-    let connections_open = client
-        .list_connections()
-        .into_iter()
-        .filter(|a| client.connection(a.clone()).is_some_and(|c| c.state.is_connected()))
-        .count();
+    let connections_open: usize = lanes
+        .iter()
+        .map(|l| {
+            let c = &l.client;
+            c.list_connections()
+                .into_iter()
+                .filter(|a| c.connection(a.clone()).is_some_and(|c| c.state.is_connected()))
+                .count()
+        })
+        .sum();
     let cpu_percent = match (cpu_before, cpu_after) {
         (Some(a), Some(b)) if wall > 0.0 => {
             let cpu = b.saturating_sub(a) as f64 / clock_ticks_per_second() as f64;
@@ -677,6 +713,90 @@ fn proc_tcp_established() -> Option<usize> {
 }
 
 // ---------------------------------------------------------------------------
+// The report of one lane
+
+/// A lane's group and pool figures: failovers, retransmissions, per-peer
+/// health and reconnections, and the pool's counters.
+fn lane_report(lane: &Lane, names: &[String]) -> Map<String, Value> {
+    let stats = lane.client.stats();
+    let members = lane.group.health_statistics();
+    let reconnections = lane.group.reconnection_statistics();
+    let fo = lane.group.failover_statistics();
+    let mut r = Map::new();
+    r.insert("failovers".into(), json!(fo.failovers));
+    r.insert("retransmissions".into(), json!(fo.retransmissions));
+    r.insert("retransmissions_answered".into(), json!(fo.retransmissions_answered));
+    r.insert("reroutes".into(), json!(fo.reroutes));
+    if let Some(state) = fo.state {
+        r.insert(
+            "failover".into(),
+            json!({
+                "state": state.as_str(),
+                "active": fo.active.and_then(|a| names.get(a)),
+                "failbacks": fo.failbacks,
+                "unavailable": fo.unavailable,
+            }),
+        );
+    }
+    let per_peer: Map<String, Value> = members
+        .iter()
+        .zip(&reconnections)
+        .map(|(m, rc)| {
+            let v = json!({
+                "requests": m.requests,
+                "answers": m.answers,
+                "errors": m.errors,
+                "timeouts": m.timeouts,
+                "retransmissions_received": m.retransmissions_received,
+                "health": m.health.status.as_str(),
+                "breaker": m.breaker.as_str(),
+                "connections_lost": rc.connections_lost,
+                "reopened": rc.reopened,
+                "failed_establishments": rc.failed_establishments,
+            });
+            (m.addr.as_ref().map_or_else(|| m.peer.clone(), ToString::to_string), v)
+        })
+        .collect();
+    r.insert("per_peer".into(), Value::Object(per_peer));
+    r.insert(
+        "pool".into(),
+        json!({
+            "requests": stats.requests,
+            "answers": stats.answers,
+            "errors": stats.errors,
+            "timeouts": stats.timeouts,
+            "connections_created": stats.connections_created,
+            "failed_attempts": stats.failed_attempts,
+            "connections_lost": stats.connections_lost,
+            "messages_sent": stats.messages_sent,
+            "messages_received": stats.messages_received,
+            "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received,
+        }),
+    );
+    r
+}
+
+/// Adds `other`'s counts into `into`, key by key (objects recursively);
+/// anything that is not a count (a state, a name) stays `into`'s.
+fn add_counts(into: &mut Map<String, Value>, other: &Map<String, Value>) {
+    for (k, v) in other {
+        match (into.get_mut(k), v) {
+            (Some(Value::Object(a)), Value::Object(b)) => add_counts(a, b),
+            (Some(Value::Number(a)), Value::Number(b)) => {
+                if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+                    *a = (x + y).into();
+                }
+            }
+            (None, v) => {
+                into.insert(k.clone(), v.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The command
 
 pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
@@ -713,48 +833,58 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
     let writer = args.events.as_deref().map(|p| EventWriter::start(p, names.clone())).transpose()?;
     // Opened now, so that a bad path fails before any traffic.
     let plot_out = args.plot.as_deref().map(crate::plot::Output::create).transpose()?;
-    let rt = crate::peer_cmd::runtime()?;
+    let rt = crate::peer_cmd::lanes_runtime(args.threads)?;
+    let extra_lanes = crate::peer_cmd::Lanes::start(args.threads, "diam-bench")?;
+    let lane_handles = {
+        let _in_runtime = rt.enter();
+        extra_lanes.all()
+    };
 
     let report = rt.block_on(async {
         if let Some(addr) = metrics_addr {
             crate::metrics_export::install(addr)?;
         }
-        let client = AddressClient::new(config).map_err(|e| Failure::input(e.to_string()))?;
         let log = Arc::new(EventLog {
             counts: Default::default(),
             dropped: AtomicU64::new(0),
             tx: writer.as_ref().map(|w| w.tx.clone()),
             marks: plot_out.as_ref().map(|_| crate::plot::Marks::new()),
         });
-        let subscriptions: Vec<Subscription> = EVENT_KINDS
-            .iter()
-            .map(|&kind| {
+        let failures: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let mut subscriptions: Vec<Subscription> = Vec::new();
+        let mut lanes: Vec<Arc<Lane>> = Vec::with_capacity(lane_handles.len());
+        for (i, handle) in lane_handles.iter().enumerate() {
+            // Built inside the lane's runtime: the client's and the group's
+            // tasks run there.
+            let _in_lane = handle.enter();
+            let origin_host = lane_identity(&args.identity.origin_host, i);
+            let mut config = config.clone();
+            config.connection.peer.origin_host = origin_host.clone();
+            let client = AddressClient::new(config).map_err(|e| Failure::input(e.to_string()))?;
+            subscriptions.extend(EVENT_KINDS.iter().map(|&kind| {
                 let log = log.clone();
                 client.events().subscribe(kind, move |ev: &Event| log.on_event(ev))
-            })
-            .collect();
-        let failures: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let f = failures.clone();
-        client.on_failure(move |pf: &PoolFailure| {
-            let mut v = lock(&f);
-            if v.len() < MAX_FAILURES {
-                v.push(json!({
-                    "peer": pf.peer_address.as_ref().map(ToString::to_string),
-                    "reason": pf.reason.to_string(),
-                    "detected_ts_us": unix_us(pf.timestamp),
-                    "reconnecting": pf.reconnecting,
-                    "attempt": pf.attempt,
-                }));
-            }
-        });
-
-        let group =
-            PeerGroup::new(&client, peers.iter().cloned(), group_config).map_err(|e| Failure::input(e.to_string()))?;
+            }));
+            let f = failures.clone();
+            client.on_failure(move |pf: &PoolFailure| {
+                let mut v = lock(&f);
+                if v.len() < MAX_FAILURES {
+                    v.push(json!({
+                        "peer": pf.peer_address.as_ref().map(ToString::to_string),
+                        "reason": pf.reason.to_string(),
+                        "detected_ts_us": unix_us(pf.timestamp),
+                        "reconnecting": pf.reconnecting,
+                        "attempt": pf.attempt,
+                    }));
+                }
+            });
+            let group = PeerGroup::new(&client, peers.iter().cloned(), group_config.clone())
+                .map_err(|e| Failure::input(e.to_string()))?;
+            lanes.push(Arc::new(Lane { client, group, handle: handle.clone(), origin_host }));
+        }
         let plot_clock = plot_out.as_ref().map(|_| crate::plot::Clock::start(window));
         let ctx = Arc::new(Ctx {
-            group: group.clone(),
             retryable: args.retryable,
-            origin_host: args.identity.origin_host.clone(),
             origin_realm: args.identity.origin_realm.clone(),
             destination_realm: args.destination_realm.clone().unwrap_or_else(|| args.identity.origin_realm.clone()),
             boot: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -770,7 +900,13 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         let mut due = None;
         match args.rate {
             None => {
-                let workers: Vec<_> = (0..args.inflight).map(|_| tokio::spawn(closed_worker(ctx.clone()))).collect();
+                // An equal share of the workers on every lane.
+                let workers: Vec<_> = (0..args.inflight)
+                    .map(|w| {
+                        let lane = lanes[w % lanes.len()].clone();
+                        lane.handle.clone().spawn(closed_worker(ctx.clone(), lane))
+                    })
+                    .collect();
                 tokio::time::sleep(window).await;
                 ctx.stop.store(true, Ordering::Relaxed);
                 // Each worker ends once its last request has (by its timeout).
@@ -778,22 +914,34 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
                     let _ = w.await;
                 }
             }
-            Some(rate) => due = Some(open_loop(ctx.clone(), rate, args.inflight, window).await),
+            Some(rate) => due = Some(open_loop(ctx.clone(), &lanes, rate, args.inflight, window).await),
         }
         let elapsed = started.elapsed();
         ticker.abort();
         bar.finish_and_clear();
 
-        let stats = client.stats();
-        let members = group.health_statistics();
-        let reconnections = group.reconnection_statistics();
-        let fo = group.failover_statistics();
         let held = match hold_for {
-            Some(window) => Some(hold(&client, window).await),
+            Some(window) => Some(hold(&lanes, window).await),
             None => None,
         };
-        group.close();
-        client.close(Duration::from_secs(2)).await;
+        // Every lane's figures: counts add up, states are the first lane's.
+        let mut lane_reports = lanes.iter().map(|l| lane_report(l, &names));
+        let mut merged = lane_reports.next().unwrap_or_default();
+        for other in lane_reports {
+            add_counts(&mut merged, &other);
+        }
+        let mut closing = tokio::task::JoinSet::new();
+        for lane in &lanes {
+            let (group, client) = (lane.group.clone(), lane.client.clone());
+            closing.spawn_on(
+                async move {
+                    group.close();
+                    client.close(Duration::from_secs(2)).await;
+                },
+                &lane.handle,
+            );
+        }
+        while closing.join_next().await.is_some() {}
         drop(subscriptions);
 
         let t = lock(&ctx.tally);
@@ -829,63 +977,15 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             json!(if args.failover { "failover".to_string() } else { args.strategy.to_string() }),
         );
         r.insert("retryable_fraction".into(), json!(args.retryable));
-        r.insert("failovers".into(), json!(fo.failovers));
-        r.insert("retransmissions".into(), json!(fo.retransmissions));
-        r.insert("retransmissions_answered".into(), json!(fo.retransmissions_answered));
-        r.insert("reroutes".into(), json!(fo.reroutes));
-        if let Some(state) = fo.state {
-            r.insert(
-                "failover".into(),
-                json!({
-                    "state": state.as_str(),
-                    "active": fo.active.and_then(|a| names.get(a)),
-                    "failbacks": fo.failbacks,
-                    "unavailable": fo.unavailable,
-                }),
-            );
+        for (k, v) in merged {
+            r.insert(k, v);
         }
-        let per_peer: Map<String, Value> = members
-            .iter()
-            .zip(&reconnections)
-            .map(|(m, rc)| {
-                let v = json!({
-                    "requests": m.requests,
-                    "answers": m.answers,
-                    "errors": m.errors,
-                    "timeouts": m.timeouts,
-                    "retransmissions_received": m.retransmissions_received,
-                    "health": m.health.status.as_str(),
-                    "breaker": m.breaker.as_str(),
-                    "connections_lost": rc.connections_lost,
-                    "reopened": rc.reopened,
-                    "failed_establishments": rc.failed_establishments,
-                });
-                (m.addr.as_ref().map_or_else(|| m.peer.clone(), ToString::to_string), v)
-            })
-            .collect();
-        r.insert("per_peer".into(), Value::Object(per_peer));
         r.insert("events".into(), log.counts_json());
         r.insert("events_dropped".into(), json!(log.dropped.load(Ordering::Relaxed)));
         r.insert("failures".into(), Value::Array(lock(&failures).clone()));
         if let Some(h) = held {
             r.insert("hold".into(), h);
         }
-        r.insert(
-            "pool".into(),
-            json!({
-                "requests": stats.requests,
-                "answers": stats.answers,
-                "errors": stats.errors,
-                "timeouts": stats.timeouts,
-                "connections_created": stats.connections_created,
-                "failed_attempts": stats.failed_attempts,
-                "connections_lost": stats.connections_lost,
-                "messages_sent": stats.messages_sent,
-                "messages_received": stats.messages_received,
-                "bytes_sent": stats.bytes_sent,
-                "bytes_received": stats.bytes_received,
-            }),
-        );
         // Answers with a 2xxx Result-Code.
         if requests != t.outcomes() {
             eprintln!("diam: warning: {requests} requests submitted but {} outcomes counted", t.outcomes());
@@ -897,6 +997,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
     });
     // The runtime's blocking pool may still hold a failure callback.
     rt.shutdown_timeout(Duration::from_secs(1));
+    extra_lanes.stop();
     let (report, successes, plotted) = report?;
     if let Some(w) = writer {
         if let Err(e) = w.finish() {

@@ -244,6 +244,14 @@ pub(crate) struct ServeArgs {
     /// 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Runtime threads. Default: one multi-thread runtime, a worker per
+    /// core. N: N single-threaded runtimes, each with its own listener on
+    /// every --listen port (SO_REUSEPORT: the kernel spreads connections
+    /// over them), so a request is read, answered and written on one
+    /// thread. A node keeps one connection per peer identity within its
+    /// runtime only, so with N > 1 a peer could hold N connections.
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
     #[command(flatten)]
     pub(crate) identity: IdentityArgs,
     #[command(flatten)]
@@ -356,6 +364,15 @@ pub(crate) struct BenchArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics during the run.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<String>,
+    /// Runtime threads. Default: one multi-thread runtime, a worker per
+    /// core. N: N single-threaded runtimes, each with its own client and
+    /// connections to every peer and an equal share of --inflight, so a
+    /// request never crosses threads. Runtime i > 0 identifies itself as
+    /// the --origin-host with "-i" after its first label
+    /// (client-1.example.com), since a peer keeps one connection per
+    /// identity.
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
     /// Print the final report on one line (default: pretty-printed).
     #[arg(long)]
     pub(crate) json: bool,

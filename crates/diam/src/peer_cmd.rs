@@ -192,6 +192,86 @@ pub(crate) fn runtime_with(threads: Option<usize>) -> Result<tokio::runtime::Run
     b.enable_all().build().map_err(|e| Failure::failed(format!("starting the runtime: {e}")))
 }
 
+/// `--threads N` beyond the first: N − 1 more current-thread runtimes, each
+/// on its own thread, kept running until [`Lanes::stop`]. The first lane is
+/// the command's own runtime ([`lanes_runtime`]). Work is put on a lane by
+/// entering its handle (`handle.enter()`) while building nodes or clients,
+/// whose tasks then stay on that lane's thread: a request never crosses
+/// threads between the tasks it passes through.
+pub(crate) struct Lanes {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Lanes {
+    /// Starts `extra` runtimes (none for `None` or `Some(1)`).
+    pub(crate) fn start(threads: Option<usize>, name: &str) -> Result<Lanes, Failure> {
+        let extra = threads.unwrap_or(1).saturating_sub(1);
+        let mut lanes = Lanes { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
+        for i in 1..=extra {
+            let (htx, hrx) = std::sync::mpsc::sync_channel(1);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = htx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = htx.send(Ok(rt.handle().clone()));
+                    rt.block_on(async move {
+                        let _ = stopped.await;
+                    });
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                })
+                .map_err(|e| Failure::failed(format!("starting runtime thread {i}: {e}")))?;
+            lanes.threads.push(thread);
+            lanes.stops.push(stop);
+            match hrx.recv() {
+                Ok(Ok(h)) => lanes.handles.push(h),
+                Ok(Err(e)) => return Err(Failure::failed(format!("starting runtime {i}: {e}"))),
+                Err(_) => return Err(Failure::failed(format!("runtime thread {i} ended at start"))),
+            }
+        }
+        Ok(lanes)
+    }
+
+    /// The handles of every lane: the current runtime's first.
+    pub(crate) fn all(&self) -> Vec<tokio::runtime::Handle> {
+        std::iter::once(tokio::runtime::Handle::current()).chain(self.handles.iter().cloned()).collect()
+    }
+
+    /// Stops the extra runtimes (their remaining tasks are dropped) and
+    /// waits for their threads.
+    pub(crate) fn stop(self) {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The command's own runtime for `--threads`: a multi-thread runtime with a
+/// worker per core without it, a current-thread runtime with it (the first
+/// of the N lanes; [`Lanes::start`] starts the others).
+pub(crate) fn lanes_runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, Failure> {
+    match threads {
+        Some(0) => Err(Failure::input("--threads must be at least 1")),
+        Some(n) if n > MAX_THREADS => Err(Failure::input(format!("--threads must be at most {MAX_THREADS}"))),
+        Some(_) => runtime_with(Some(1)),
+        None => runtime_with(None),
+    }
+}
+
+/// Most runtime threads `--threads` starts.
+pub(crate) const MAX_THREADS: usize = 256;
+
 /// The connection config from the common options.
 pub(crate) fn config(
     id: &IdentityArgs,
@@ -311,51 +391,38 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
     check_inbound("diam serve", &args.allow, args.max_connections)?;
     let mut cfg = config(&args.identity, &args.tuning, &args.app, &args.tls)?;
     cfg.max_concurrent_handlers = cfg.max_pending.max(1024);
-    let origin_host: Arc<str> = args.identity.origin_host.clone().into();
-    let origin_realm: Arc<str> = args.identity.origin_realm.clone().into();
     let rc = args.result_code;
     let delay = Duration::from_millis(args.delay_ms);
     let drop_rate = args.drop_rate;
     let rng = Arc::new(AtomicU64::new(0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id())));
-    let rt = runtime()?;
+    let rt = lanes_runtime(args.threads)?;
     if let Some(metrics_addr) = args.metrics {
         let _in_runtime = rt.enter();
         crate::metrics_export::install(metrics_addr)?;
     }
+    let lanes = Lanes::start(args.threads, "diam-serve")?;
+    let shared_port = args.threads.is_some_and(|n| n > 1);
+    let answer = ServeAnswer {
+        origin_host: args.identity.origin_host.clone().into(),
+        origin_realm: args.identity.origin_realm.clone().into(),
+        rc,
+        delay,
+        drop_rate,
+        rng,
+    };
     // Taken after the recorder is installed: handles taken before it stay
     // no-ops. Without --metrics they are no-ops anyway.
-    let counters = Arc::new(ServeCounters {
+    let metrics = ServeMetrics {
         requests: metrics::counter!("diam_serve_requests_total"),
         answers: metrics::counter!("diam_serve_answers_total", "result_code" => rc.to_string()),
         dropped: metrics::counter!("diam_serve_dropped_total"),
         retransmissions: metrics::counter!("diam_serve_retransmissions_total"),
-        totals: ServeTotals::default(),
-    });
-    let summary = counters.clone();
-    let handler = handler_fn(move |req: Message| {
-        counters.requests.increment(1);
-        counters.totals.requests.fetch_add(1, Ordering::Relaxed);
-        if req.flags().is_retransmit() {
-            counters.retransmissions.increment(1);
-            counters.totals.retransmissions.fetch_add(1, Ordering::Relaxed);
-        }
-        let (origin_host, origin_realm, rng, counters) =
-            (origin_host.clone(), origin_realm.clone(), rng.clone(), counters.clone());
-        async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            if chance(drop_rate, &rng) {
-                counters.dropped.increment(1);
-                counters.totals.dropped.fetch_add(1, Ordering::Relaxed);
-                return Response::NoAnswer;
-            }
-            counters.answers.increment(1);
-            counters.totals.answers.fetch_add(1, Ordering::Relaxed);
-            Response::Answer(standard_answer(&req, rc, &origin_host, &origin_realm))
-        }
-    });
-    rt.block_on(async move {
+    };
+    let lane_handles = {
+        let _in_runtime = rt.enter();
+        lanes.all()
+    };
+    let served = rt.block_on(async move {
         let max_connections = args.max_connections;
         let node_config = NodeConfig {
             connection: cfg,
@@ -368,36 +435,57 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
         // per peer identity (RFC 6733 §5.6.4; a second CER gets 5012), so a
         // range stands for as many servers, and one client identity (such
         // as `diam bench --peer HOST:P1-P2`) can hold a connection to each.
-        // A single address is one node, as before.
+        // A single address is one node, as before. With --threads N, every
+        // runtime has its own nodes on the same ports.
         // As a node's own: listeners on one worker thread, never on a
         // peer's task.
         let events = diam_link::events::EventDispatcher::builder()
             .executor(diam_link::events::ExecutorConfig::new(1, 4096))
             .build()
             .map_err(|e| Failure::failed(format!("event dispatcher: {e}")))?;
+        let stop = shutdown_signal("diam serve");
         let mut nodes = Vec::with_capacity(listen.len());
-        for _ in 0..listen.len() {
-            let mut builder =
-                Node::builder(node_config.clone()).default_handler(handler.clone()).events(events.clone());
-            if args.allow.is_empty() {
-                builder = builder.accept_any();
+        // Each lane's own counters (no cache line shared between threads on
+        // the request path), summed at the end.
+        let mut totals = Vec::new();
+        let mut addrs = listen;
+        for (lane, handle) in lane_handles.iter().enumerate() {
+            let _in_lane = handle.enter();
+            let lane_totals = Arc::new(ServeTotals::default());
+            totals.push(lane_totals.clone());
+            let handler = serve_handler(answer.clone(), metrics.clone(), lane_totals);
+            for addr in addrs.iter_mut() {
+                let mut builder =
+                    Node::builder(node_config.clone()).default_handler(handler.clone()).events(events.clone());
+                if args.allow.is_empty() {
+                    builder = builder.accept_any();
+                }
+                for p in &args.allow {
+                    builder = builder.allow(p.clone());
+                }
+                if let Some(t) = &tls {
+                    builder = builder.tls(t.clone());
+                }
+                let node = builder.build().map_err(|e| Failure::input(e.to_string()))?;
+                // The first lane picks the ports (port 0); the others share them.
+                let bound = if shared_port {
+                    let acceptor = diam_client::TcpAcceptor::bind_shared(*addr)
+                        .map_err(|e| Failure::failed(format!("listening on {addr}: {e}")))?;
+                    node.listen(acceptor)
+                } else {
+                    node.listen_tcp(*addr).await
+                };
+                let bound = bound.map_err(|e| Failure::failed(e.to_string()))?;
+                if lane == 0 {
+                    *addr = bound;
+                }
+                nodes.push(node);
             }
-            for p in &args.allow {
-                builder = builder.allow(p.clone());
-            }
-            if let Some(t) = &tls {
-                builder = builder.tls(t.clone());
-            }
-            nodes.push(builder.build().map_err(|e| Failure::input(e.to_string()))?);
         }
+        let addrs = addrs;
         let node = nodes[0].clone();
         let out = Arc::new(Mutex::new(()));
         let _peer_events = peer_events(&node, out.clone());
-        let mut addrs = Vec::with_capacity(listen.len());
-        let stop = shutdown_signal("diam serve");
-        for (n, a) in nodes.iter().zip(listen) {
-            addrs.push(n.listen_tcp(a).await.map_err(|e| Failure::failed(e.to_string()))?);
-        }
         let addr = addrs[0];
         let tls_addr = match tls_listen {
             Some(a) => Some(node.listen_tls(a).await.map_err(|e| Failure::failed(e.to_string()))?),
@@ -435,21 +523,88 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
         while stopping.join_next().await.is_some() {}
         // Let the last peer_down lines out before the summary.
         let _ = tokio::task::spawn_blocking(move || events.shutdown(Duration::from_secs(1))).await;
-        let t = &summary.totals;
-        let _guard = out.lock();
-        print_json(&json!({
+        let sum = |f: fn(&ServeTotals) -> &AtomicU64| totals.iter().map(|t| f(t).load(Ordering::Relaxed)).sum::<u64>();
+        let mut line = json!({
             "event": "stopped",
             "addr": addr.to_string(),
-            "requests": t.requests.load(Ordering::Relaxed),
-            "answers": t.answers.load(Ordering::Relaxed),
-            "dropped": t.dropped.load(Ordering::Relaxed),
-            "retransmissions": t.retransmissions.load(Ordering::Relaxed),
-        }))
+            "requests": sum(|t| &t.requests),
+            "answers": sum(|t| &t.answers),
+            "dropped": sum(|t| &t.dropped),
+            "retransmissions": sum(|t| &t.retransmissions),
+        });
+        if totals.len() > 1 {
+            // How the kernel spread the work over the runtimes.
+            line["lane_requests"] = totals.iter().map(|t| t.requests.load(Ordering::Relaxed)).collect();
+        }
+        let _guard = out.lock();
+        print_json(&line)
+    });
+    lanes.stop();
+    served
+}
+
+/// What `diam serve` answers with, and how.
+#[derive(Clone)]
+struct ServeAnswer {
+    origin_host: Arc<str>,
+    origin_realm: Arc<str>,
+    rc: u32,
+    delay: Duration,
+    drop_rate: f64,
+    rng: Arc<AtomicU64>,
+}
+
+impl ServeAnswer {
+    /// The response to `req`, counted in `m` and `t`.
+    fn respond(&self, req: &Message, m: &ServeMetrics, t: &ServeTotals) -> Response {
+        if chance(self.drop_rate, &self.rng) {
+            m.dropped.increment(1);
+            t.dropped.fetch_add(1, Ordering::Relaxed);
+            return Response::NoAnswer;
+        }
+        m.answers.increment(1);
+        t.answers.fetch_add(1, Ordering::Relaxed);
+        Response::Answer(standard_answer(req, self.rc, &self.origin_host, &self.origin_realm))
+    }
+}
+
+/// The handler of one lane: counts, then answers at once (no delay) or
+/// after `--delay-ms`.
+fn serve_handler(
+    answer: ServeAnswer,
+    metrics: ServeMetrics,
+    totals: Arc<ServeTotals>,
+) -> Arc<dyn diam_client::Handler> {
+    let state = Arc::new((answer, metrics, totals));
+    handler_fn(move |req: Message| {
+        let (answer, m, t) = &*state;
+        m.requests.increment(1);
+        t.requests.fetch_add(1, Ordering::Relaxed);
+        if req.flags().is_retransmit() {
+            m.retransmissions.increment(1);
+            t.retransmissions.fetch_add(1, Ordering::Relaxed);
+        }
+        // Without a delay the answer is made here: the future only hands
+        // it over (no reference counts taken per request).
+        let now = answer.delay.is_zero().then(|| answer.respond(&req, m, t));
+        let later = now.is_none().then(|| (state.clone(), req));
+        async move {
+            match (now, later) {
+                (Some(r), _) => r,
+                (None, Some((state, req))) => {
+                    let (answer, m, t) = &*state;
+                    tokio::time::sleep(answer.delay).await;
+                    answer.respond(&req, m, t)
+                }
+                (None, None) => Response::NoAnswer,
+            }
+        }
     })
 }
 
 /// `diam serve`'s counters (exported with `--metrics`).
-struct ServeCounters {
+#[derive(Clone)]
+struct ServeMetrics {
     /// Application requests handed to the handler.
     requests: metrics::Counter,
     /// Answers produced, labelled with their Result-Code.
@@ -458,10 +613,9 @@ struct ServeCounters {
     dropped: metrics::Counter,
     /// Requests that arrived with the T flag (retransmitted after a failover).
     retransmissions: metrics::Counter,
-    /// The same counts, for the summary printed at shutdown.
-    totals: ServeTotals,
 }
 
+/// The same counts, per lane, for the summary printed at shutdown.
 #[derive(Default)]
 struct ServeTotals {
     requests: AtomicU64,

@@ -8,8 +8,11 @@
 //!   resident memory, CPU), checked against independent counts (the
 //!   client's own TCP sockets in /proc, the server's answer count).
 //! * The same range from `--config`'s `listen` key.
-//! * Bad ranges and bad `--hold` values exit 2; a single port prints the
-//!   listening line as before (no `addrs`).
+//! * `--threads N` on both: N single-threaded runtimes in each process;
+//!   serve's share every port (SO_REUSEPORT), bench's each hold their own
+//!   connection to every port under their own identity.
+//! * Bad ranges and bad `--hold` / `--threads` values exit 2; a single port
+//!   prints the listening line as before (no `addrs`).
 //!
 //! No tight performance numbers are asserted. Every child runs under
 //! `timeout` and is killed on drop (see `common`).
@@ -144,6 +147,49 @@ fn serve_on_a_port_range_and_bench_holding_a_connection_to_every_port() {
 }
 
 #[test]
+fn threads_on_both_sides_share_the_ports_and_lose_nothing() {
+    const N: u16 = 4;
+    const LANES: usize = 3;
+    let (serve, base) = start_serve(N, |base| {
+        vec!["--listen".into(), format!("127.0.0.1:{base}-{}", base + N - 1), "--threads".into(), LANES.to_string()]
+    });
+    let range = format!("127.0.0.1:{base}-{}", base + N - 1);
+    let bench = run(
+        diam()
+            .args(["bench", "--peer", &range, "--duration", "1", "--inflight", "12", "--hold", "0.5", "--json"])
+            .args(["--threads", &LANES.to_string(), "--origin-host", "client.localdomain"]),
+        90,
+    );
+    assert!(bench.success(), "diam bench: {}", bench.describe());
+    let r = json(bench.stdout.lines().last().expect("the report"));
+    // Every bench runtime has its own connection to every port.
+    let conns = u64::from(N) * LANES as u64;
+    assert_eq!(r["hold"]["connections_open"], conns, "{r}");
+    assert_eq!(r["hold"]["tcp_established"], conns, "{r}");
+    assert_eq!(r["requests"], r["answers"], "every request answered: {r}");
+    assert!(r["answers"].as_u64().unwrap() > 0, "{r}");
+    // The per-peer counts add up over the runtimes.
+    let per_peer: u64 = r["per_peer"].as_object().unwrap().values().map(|p| p["answers"].as_u64().unwrap()).sum();
+    assert_eq!(per_peer, r["answers"].as_u64().unwrap(), "{r}");
+    assert_eq!(r["pool"]["answers"], r["answers"], "{r}");
+
+    let out = serve.proc.out.clone();
+    let stopped = serve.stop();
+    assert_eq!(stopped["answers"], r["answers"], "the server's own count: {stopped}");
+    // Each identity once per port: client.localdomain, client-1..., client-2...
+    for id in ["client.localdomain", "client-1.localdomain", "client-2.localdomain"] {
+        let ups = out.count(|l| l.contains("\"peer_up\"") && l.contains(&format!("\"peer\":\"{id}\"")));
+        assert_eq!(ups, usize::from(N), "{id}: {}", out.text());
+    }
+    // 12 connections over 3 listeners of each port: all on one runtime
+    // would happen about once in 10^5 runs.
+    let lanes = stopped["lane_requests"].as_array().unwrap_or_else(|| panic!("{stopped}"));
+    assert_eq!(lanes.len(), LANES, "{stopped}");
+    let busy = lanes.iter().filter(|n| n.as_u64().unwrap() > 0).count();
+    assert!(busy >= 2, "the kernel spread the connections: {stopped}");
+}
+
+#[test]
 fn serve_reads_a_port_range_from_its_config_file() {
     let dir = TempDir::new("scale-config");
     let path = dir.path().join("serve.toml");
@@ -194,6 +240,16 @@ fn bad_ranges_and_bad_hold_values_exit_2() {
     std::fs::write(&path, "listen = \"127.0.0.1:9-3\"\n").unwrap();
     let r = run(diam().args(["serve", "--config", path.to_str().unwrap()]), 20);
     assert_eq!(r.code(), Some(2), "{}", r.describe());
+    // --threads: 1 to 256.
+    for threads in ["0", "257", "x"] {
+        let r = run(diam().args(["serve", "--listen", "127.0.0.1:0", &format!("--threads={threads}")]), 20);
+        assert_eq!(r.code(), Some(2), "serve --threads {threads}: {}", r.describe());
+        let r = run(
+            diam().args(["bench", "--peer", "127.0.0.1:9", "--duration", "1", &format!("--threads={threads}")]),
+            20,
+        );
+        assert_eq!(r.code(), Some(2), "bench --threads {threads}: {}", r.describe());
+    }
     // --hold wants a positive number of seconds (checked before any dial).
     for hold in ["0", "-1", "nan", "inf", "soon"] {
         let r = run(diam().args(["bench", "--peer", "127.0.0.1:9", "--duration", "1", &format!("--hold={hold}")]), 20);
