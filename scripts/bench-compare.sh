@@ -133,7 +133,7 @@ run() {
     case $sys in
     raw) "$P" raw-server --listen 127.0.0.1:0 >"$tag.srv" 2>"$tag.srv.err" & ;;
     diameter-rs) "$P" drs-server --listen 127.0.0.1:0 >"$tag.srv" 2>"$tag.srv.err" & ;;
-    diam*)
+    diam | diam-*)
         "$D" serve --listen 127.0.0.1:0 --origin-host server.example.net --origin-realm example.net "${vf[@]}" \
             >"$tag.srv" 2>"$tag.srv.err" &
         ;;
@@ -144,7 +144,7 @@ run() {
     case $sys in
     raw) "$P" raw-client --peer "$addr" --inflight "$n" --duration "$secs" --warmup-ms "$warmup_ms" ;;
     diameter-rs) "$P" drs-client --peer "$addr" --inflight "$n" --duration "$secs" --warmup-ms "$warmup_ms" ;;
-    diam*)
+    diam | diam-*)
         "$D" bench --peer "$addr" --inflight "$n" --duration "$secs" --json \
             --origin-host client.example.com --origin-realm example.com --destination-realm example.net "${vf[@]}"
         ;;
@@ -154,7 +154,7 @@ run() {
     client_pid=
     stop_server
     python3 - "$tag.out" "$sys" "$n" "$i" "$rc" "$tag.err" >>"$dir/runs.jsonl" <<'PY'
-import json, sys
+import json, re, sys
 out, system, n, rnd, rc, err = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 r = {"system": system, "inflight": n, "round": rnd, "ok": False}
 try:
@@ -186,7 +186,7 @@ elif rc != 0:
     r["problem"] += f", client exit status {rc}"
 if not r["ok"]:
     try:
-        r["stderr_tail"] = open(err).read()[-400:]
+        r["stderr_tail"] = re.sub(r"\x1b\[[0-9;]*m", "", open(err).read())[-400:]
     except OSError:
         pass
 print(json.dumps(r))
@@ -236,14 +236,14 @@ for n in levels:
     raw, drs = level["raw"], level["diameter-rs"]
     ratios = {}
     for s in systems:
-        if s.startswith("diam"):
+        if s == "diam" or s.startswith("diam-"):
             m = level[s]
             ratios[s] = {"rps_over_diameter_rs": ratio(m["median_rps"], drs["median_rps"]),
                          "rps_over_raw": ratio(m["median_rps"], raw["median_rps"]),
                          "p99_over_raw": ratio(m["median_p99_us"], raw["median_p99_us"])}
     summary["levels"][str(n)] = {"systems": level, "ratios": ratios}
 
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    fmt = lambda v, spec: format("-", ">" + spec.lstrip(">").rstrip("f").split(".")[0]) if v is None else format(v, spec)
     print(f"\nin flight {n}: medians of {rounds} run(s) of {secs:g} s")
     print(f"  {'system':<14} {'req/s':>10} {'p50 us':>8} {'p99 us':>8} {'failed':>6}"
           f"  {'/diameter-rs':>12} {'/raw':>6} {'p99/raw':>8}")
