@@ -863,7 +863,10 @@ impl PeerGroup {
         let counted = Outcome { group: g, pool: g.client.as_ref().map(|c| c.start_request()), done: false };
         let timeout = options.timeout.unwrap_or(g.request_timeout);
         let retryable = options.retryable.unwrap_or_else(|| request.flags().is_proxiable());
-        let result = g.route(request, crate::handle::deadline_after(timeout), retryable).await;
+        // Two clock readings per request: here (deadline, pick, start) and
+        // when the outcome is in (latency, health, the next try).
+        let now = Instant::now();
+        let result = g.route(request, now, crate::handle::deadline_from(now, timeout), retryable).await;
         counted.finish(&result);
         result
     }
@@ -1062,7 +1065,13 @@ impl GroupInner {
 
     /// Routes one request: pick, send, and on a connection failure reroute or
     /// retransmit once, never to a member already tried.
-    async fn route(&self, request: Message, deadline: Instant, retryable: bool) -> Result<Message, Error> {
+    async fn route(
+        &self,
+        request: Message,
+        now: Instant,
+        deadline: Instant,
+        retryable: bool,
+    ) -> Result<Message, Error> {
         if !request.is_request() {
             return Err(Error::InvalidRequest("the message has no R flag"));
         }
@@ -1070,12 +1079,14 @@ impl GroupInner {
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
         let mut attempts = 0;
         let (mut rerouted, mut retransmitted) = (false, false);
+        let mut now = now;
         loop {
-            let attempt = self.acquire(&tried[..attempts], deadline).await?;
+            let (attempt, started) = self.acquire(&tried[..attempts], deadline, now).await?;
             let member = attempt.member;
             tried[attempts] = member;
             attempts += 1;
-            let outcome = self.attempt(attempt, message.clone(), deadline).await;
+            let (outcome, done) = self.attempt(attempt, message.clone(), deadline, started).await;
+            now = done;
             let written = matches!(&outcome, Ok(_) | Err(Unanswered { written: Some(_), .. }));
             if retransmitted && written {
                 // The T-flag copy reached this member.
@@ -1083,7 +1094,7 @@ impl GroupInner {
                 self.metrics.0.increment(1);
                 self.members[member].counters.retransmissions_received.fetch_add(1, Ordering::Relaxed);
             }
-            let more = attempts < MAX_ATTEMPTS && attempts < self.members.len() && Instant::now() < deadline;
+            let more = attempts < MAX_ATTEMPTS && attempts < self.members.len() && done < deadline;
             match outcome {
                 Ok(answer) => {
                     if retransmitted {
@@ -1118,21 +1129,31 @@ impl GroupInner {
         }
     }
 
-    /// Sends on a reserved member and records the outcome.
-    async fn attempt(&self, mut attempt: Attempt<'_>, message: Message, deadline: Instant) -> Reply {
-        let started = Instant::now();
+    /// Sends on a reserved member and records the outcome; also returns
+    /// when it came (the one clock reading after `started`).
+    async fn attempt(
+        &self,
+        mut attempt: Attempt<'_>,
+        message: Message,
+        deadline: Instant,
+        started: Instant,
+    ) -> (Reply, Instant) {
         let peer = &self.members[attempt.member].peer;
         // Straight to the peer task: the group already knows the member is
         // open, and must not wait for it here (a refusal reroutes instead).
         let outcome = peer.send_now(message, deadline).await;
         attempt.recorded = true;
-        self.record(&attempt, &outcome, started.elapsed());
-        outcome
+        let done = Instant::now();
+        let latency = done.saturating_duration_since(started);
+        self.record_member(attempt.member, attempt.probe, &outcome, latency, false, done);
+        (outcome, done)
     }
 
     /// A reserved usable member (not one of `tried`), waiting for one until
-    /// `deadline` when the configuration says so.
-    async fn acquire(&self, tried: &[usize], deadline: Instant) -> Result<Attempt<'_>, Error> {
+    /// `deadline` when the configuration says so; with the clock reading it
+    /// was picked at (`now` when one was free at once).
+    async fn acquire(&self, tried: &[usize], deadline: Instant, now: Instant) -> Result<(Attempt<'_>, Instant), Error> {
+        let mut now = now;
         loop {
             let notified = self.usable.notified();
             tokio::pin!(notified);
@@ -1140,8 +1161,8 @@ impl GroupInner {
             if self.is_closed() {
                 return Err(Error::PoolClosed);
             }
-            if let Some(attempt) = self.pick(tried) {
-                return Ok(attempt);
+            if let Some(attempt) = self.pick_at(tried, now) {
+                return Ok((attempt, now));
             }
             if !self.config.wait_for_peer {
                 return Err(Error::NoPeerAvailable);
@@ -1150,17 +1171,14 @@ impl GroupInner {
                 () = notified => {}
                 () = tokio::time::sleep_until(deadline) => return Err(Error::NoPeerAvailable),
             }
+            now = Instant::now();
         }
     }
 
-    /// Chooses a member for the next request and reserves it (in-flight
-    /// count, half-open probe). O(1) in the number of members (LRU: O(1)
-    /// amortized; a member refused by its breaker costs one more draw).
-    fn pick(&self, tried: &[usize]) -> Option<Attempt<'_>> {
-        self.pick_at(tried, Instant::now())
-    }
-
-    /// [`pick`](Self::pick) at `now` (the caller's clock reading).
+    /// Chooses a member for the next request at `now` (the caller's clock
+    /// reading) and reserves it (in-flight count, half-open probe). O(1) in
+    /// the number of members (LRU: O(1) amortized; a member refused by its
+    /// breaker costs one more draw).
     fn pick_at(&self, tried: &[usize], now: Instant) -> Option<Attempt<'_>> {
         let std_now = now.into_std();
         let mut out = Pending::default();
@@ -1185,7 +1203,7 @@ impl GroupInner {
             chosen.map(|(i, probe)| {
                 self.members[i].in_flight.fetch_add(1, Ordering::Relaxed);
                 self.members[i].counters.requests.fetch_add(1, Ordering::Relaxed);
-                self.members[i].peer.shared.touch();
+                self.members[i].peer.shared.touch_at(now);
                 Attempt { group: self, member: i, probe, recorded: false }
             })
         };
@@ -1335,12 +1353,7 @@ impl GroupInner {
     }
 
     /// Records one attempt's outcome in the member's health, breaker and
-    /// balancer, and in the failover machine.
-    fn record(&self, attempt: &Attempt<'_>, outcome: &Reply, latency: Duration) {
-        self.record_member(attempt.member, attempt.probe, outcome, latency, false, Instant::now());
-    }
-
-    /// Records one outcome. `relayed`: the request was forwarded for an
+    /// balancer, and in the failover machine. `relayed`: the request was forwarded for an
     /// agent, so a 3xxx answer may come from further away than the member
     /// (see [`relayed_verdict`]).
     fn record_member(

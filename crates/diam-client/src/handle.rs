@@ -294,6 +294,12 @@ impl PeerShared {
         self.last_used_us.store(self.since_epoch_us(), Ordering::Relaxed);
     }
 
+    /// [`touch`](Self::touch) at `now` (the caller's clock reading).
+    pub(crate) fn touch_at(&self, now: Instant) {
+        let us = u64::try_from(now.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
+        self.last_used_us.store(us, Ordering::Relaxed);
+    }
+
     pub(crate) fn idle_for(&self) -> Duration {
         Duration::from_micros(self.since_epoch_us().saturating_sub(self.last_used_us.load(Ordering::Relaxed)))
     }
@@ -338,7 +344,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `timeout` from now; a timeout too large to represent means "no
 /// deadline" (a century).
 pub(crate) fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
+    deadline_from(Instant::now(), timeout)
+}
+
+/// `now + timeout`, saturating at a century.
+pub(crate) fn deadline_from(now: Instant, timeout: Duration) -> Instant {
     now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
