@@ -1169,7 +1169,7 @@ impl PeerTask {
         // Fast path: a handler that is ready at once answers inline, with
         // no task spawned (the common case for simple servers).
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut fut).poll(&mut cx))) {
             Ok(Poll::Ready(resp)) => {
                 self.respond(link, &req, Ok(resp));
                 return;

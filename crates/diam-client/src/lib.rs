@@ -80,7 +80,7 @@ pub use group::{
     SendOptions,
 };
 pub use handle::{PeerHandle, PeerStats};
-pub use handler::{handler_fn, Handler, HandlerFuture, Response};
+pub use handler::{handler_fn, sync_handler_fn, Handler, HandlerFuture, Response};
 pub use node::{Authorizer, Node, NodeBuilder};
 pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolStats};
 pub use router::Router;

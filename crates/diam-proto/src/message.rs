@@ -155,9 +155,15 @@ impl Message {
     /// Hop-by-Hop and End-to-End identifiers, and the request's Session-Id
     /// copied as the first AVP (RFC 6733 §6.2).
     pub fn answer_to(request: &Message) -> MessageBuilder {
+        Self::answer_to_in(request, BytesMut::with_capacity(256))
+    }
+
+    /// Like [`answer_to`](Self::answer_to), encoding into `buf` (see
+    /// [`MessageBuilder::new_in`] and [`MessageBuilder::build_reusing`]).
+    pub fn answer_to_in(request: &Message, buf: BytesMut) -> MessageBuilder {
         let h = request.header;
         let flags = CommandFlags::from_bits(h.flags.bits() & CommandFlags::PROXIABLE);
-        let mut b = MessageBuilder::new(flags, h.command_code, h.application_id)
+        let mut b = MessageBuilder::new_in(buf, flags, h.command_code, h.application_id)
             .hop_by_hop(h.hop_by_hop)
             .end_to_end(h.end_to_end);
         if let Some(Ok(sid)) = request
@@ -619,6 +625,41 @@ impl MessageBuilder {
         // which allocates: only slice when there is a prefix to drop.
         let buf = if start == 0 { buf.freeze() } else { buf.freeze().slice(start..) };
         Message { header, buf }
+    }
+
+    /// Like [`build`](Self::build), and hands back the buffer's spare
+    /// capacity for the next message. Encoding messages one after another
+    /// into what each hands back allocates only when the room runs out,
+    /// and `reserve` on it takes the whole allocation back once every
+    /// message built in it has been dropped: a server that writes each
+    /// answer out and drops it builds answers with no allocation.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use diam_proto::{avps, Message};
+    /// let req = Message::request(4, 272).avp(avps::SESSION_ID, "s;1").build();
+    /// let mut spare = BytesMut::with_capacity(4096);
+    /// for _ in 0..3 {
+    ///     spare.reserve(512);
+    ///     let (answer, rest) = Message::answer_to_in(&req, spare).avp(avps::RESULT_CODE, 2001u32).build_reusing();
+    ///     assert_eq!(answer.get(avps::SESSION_ID)?, Some("s;1"));
+    ///     assert_eq!(answer.len(), answer.as_bytes().len());
+    ///     spare = rest;
+    /// }
+    /// # Ok::<(), diam_proto::DecodeError>(())
+    /// ```
+    pub fn build_reusing(self) -> (Message, BytesMut) {
+        let MessageBuilder { mut buf, start, mut header } = self;
+        let length = buf.len() - start;
+        assert!(length <= MAX_LENGTH_FIELD, "Diameter message of {length} bytes exceeds the 24-bit length field");
+        header.length = length as u32;
+        buf[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
+        header.command_code &= 0x00ff_ffff;
+        // [prefix][message][spare]: split the spare off first, then the
+        // prefix (kept out of the message, as `build` does).
+        let spare = buf.split_off(buf.len());
+        let message = buf.split_off(start);
+        (Message { header, buf: message.freeze() }, spare)
     }
 }
 

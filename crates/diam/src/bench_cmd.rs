@@ -226,10 +226,12 @@ struct Ctx {
     /// Requests submitted, counted before each is sent (also the Session-Id
     /// suffix).
     next: AtomicU64,
-    tally: Mutex<Tally>,
+    /// Outcomes, in shards: a worker records into its own shard (its
+    /// lane's with `--threads N`, so on one thread and never contended),
+    /// one histogram per shard rather than per worker (each is some
+    /// 200 KiB: hundreds of them would miss the cache on every record).
+    tallies: Vec<Mutex<Tally>>,
     stop: AtomicBool,
-    /// With `--plot`: the time origin of the per-100 ms buckets.
-    plot: Option<crate::plot::Clock>,
     /// A progress bar shows the figures so far: workers merge their
     /// tallies every 100 ms (otherwise once, at the end).
     live: bool,
@@ -273,31 +275,23 @@ async fn pace_fast_error(outcome: &Result<Message, Error>, latency: Duration) {
 ///
 /// One clock reading per request: the time a request completes is the
 /// time the next one starts (building a request takes well under the
-/// histogram's 1 µs resolution). Outcomes go to the worker's own tally,
-/// merged into the shared one at the end, and every 100 ms while a
-/// progress bar shows them (merging histograms costs more than recording).
-async fn closed_worker(ctx: Arc<Ctx>, lane: Arc<Lane>) {
-    let mut local = Tally::new(ctx.plot);
+/// histogram's 1 µs resolution). Outcomes go to shard `shard`.
+async fn closed_worker(ctx: Arc<Ctx>, lane: Arc<Lane>, shard: usize) {
+    let tally = &ctx.tallies[shard % ctx.tallies.len()];
     let mut started = Instant::now();
-    let mut flushed = started;
     while !ctx.stop.load(Ordering::Relaxed) {
         let (ccr, retryable) = ctx.next_request(&lane);
         let outcome = lane.group.send(ccr).await;
         let done = Instant::now();
         let latency = done.saturating_duration_since(started);
-        local.record(&outcome, retryable, latency, done);
+        lock(tally).record(&outcome, retryable, latency, done);
         if outcome.is_err() && latency < Duration::from_millis(1) {
             pace_fast_error(&outcome, latency).await;
             started = Instant::now();
         } else {
             started = done;
         }
-        if ctx.live && done.saturating_duration_since(flushed) >= Duration::from_millis(100) {
-            lock(&ctx.tally).absorb(&mut local);
-            flushed = done;
-        }
     }
-    lock(&ctx.tally).absorb(&mut local);
 }
 
 /// The open loop: request `k` is due at `start + k / rate`. Returns how
@@ -330,7 +324,8 @@ async fn open_loop(ctx: Arc<Ctx>, lanes: &[Arc<Lane>], rate: f64, inflight: usiz
             },
             () = tokio::time::sleep_until(end) => break,
         };
-        let lane = lanes[(k % lanes.len() as u64) as usize].clone();
+        let shard = (k % lanes.len() as u64) as usize;
+        let lane = lanes[shard].clone();
         k += 1;
         let ctx = ctx.clone();
         // Latency counts from the intended time, or from the actual send
@@ -340,7 +335,7 @@ async fn open_loop(ctx: Arc<Ctx>, lanes: &[Arc<Lane>], rate: f64, inflight: usiz
             let (ccr, retryable) = ctx.next_request(&lane);
             let outcome = lane.group.send(ccr).await;
             let latency = origin.elapsed();
-            lock(&ctx.tally).record(&outcome, retryable, latency, origin + latency);
+            lock(&ctx.tallies[shard % ctx.tallies.len()]).record(&outcome, retryable, latency, origin + latency);
             drop(permit);
         });
     }
@@ -587,18 +582,27 @@ fn progress_bar(window: Duration) -> ProgressBar {
     bar
 }
 
-/// Updates the bar every 250 ms: the send rate over the last interval (from
-/// the live request counter), and the p99 and errors so far (from what the
-/// workers have flushed, at most 100 ms old).
+/// Updates the bar every 250 ms (when it shows): the send rate over the
+/// last interval (from the live request counter), and the p99 and errors
+/// so far (over every shard).
 async fn progress(ctx: Arc<Ctx>, bar: ProgressBar, started: Instant) {
     let mut last = (Instant::now(), 0u64);
+    let mut hist = Tally::new(None).hist;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let (p99, errors, timeouts) = {
-            let t = lock(&ctx.tally);
-            let p99 = if t.hist.is_empty() { 0 } else { t.hist.value_at_quantile(0.99) };
-            (p99, t.errors_total(), t.timeouts)
-        };
+        if !ctx.live {
+            continue;
+        }
+        hist.reset();
+        let (mut errors, mut timeouts) = (0, 0);
+        for shard in &ctx.tallies {
+            let t = lock(shard);
+            // Same bounds: adding cannot fail.
+            let _ = hist.add(&t.hist);
+            errors += t.errors_total();
+            timeouts += t.timeouts;
+        }
+        let p99 = if hist.is_empty() { 0 } else { hist.value_at_quantile(0.99) };
         let sent = ctx.next.load(Ordering::Relaxed);
         let now = Instant::now();
         let dt = now.duration_since(last.0).as_secs_f64();
@@ -887,15 +891,20 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             lanes.push(Arc::new(Lane { client, group, handle: handle.clone(), origin_host }));
         }
         let plot_clock = plot_out.as_ref().map(|_| crate::plot::Clock::start(window));
+        // A shard per lane, or per core on the multi-thread runtime.
+        let shards = if args.threads.is_some() {
+            lanes.len()
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        };
         let ctx = Arc::new(Ctx {
             retryable: args.retryable,
             origin_realm: args.identity.origin_realm.clone(),
             destination_realm: args.destination_realm.clone().unwrap_or_else(|| args.identity.origin_realm.clone()),
             boot: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             next: AtomicU64::new(0),
-            tally: Mutex::new(Tally::new(plot_clock)),
+            tallies: (0..shards).map(|_| Mutex::new(Tally::new(plot_clock))).collect(),
             stop: AtomicBool::new(false),
-            plot: plot_clock,
             live: std::io::stderr().is_terminal(),
         });
         let bar = progress_bar(window);
@@ -909,7 +918,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
                 let workers: Vec<_> = (0..args.inflight)
                     .map(|w| {
                         let lane = lanes[w % lanes.len()].clone();
-                        lane.handle.clone().spawn(closed_worker(ctx.clone(), lane))
+                        lane.handle.clone().spawn(closed_worker(ctx.clone(), lane, w))
                     })
                     .collect();
                 tokio::time::sleep(window).await;
@@ -949,7 +958,10 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         while closing.join_next().await.is_some() {}
         drop(subscriptions);
 
-        let t = lock(&ctx.tally);
+        let mut t = Tally::new(plot_clock);
+        for shard in &ctx.tallies {
+            t.absorb(&mut lock(shard));
+        }
         let secs = elapsed.as_secs_f64();
         let mut r = Map::new();
         r.insert("peers".into(), json!(names));

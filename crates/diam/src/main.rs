@@ -9,6 +9,8 @@
 //! and `plotters` (its SVG backend only, no fonts needed) for
 //! `diam bench --plot` charts.
 
+#[cfg(test)]
+mod alloc_count;
 mod bench_cmd;
 mod codec_cmd;
 mod config_file;
