@@ -1,5 +1,8 @@
-//! The standard workload through our stack and through the `diameter`
-//! crate 0.7.1 (diameter-rs), in the same run.
+//! In-process comparison: the standard workload through our stack and
+//! through the `diameter` crate 0.7.1 (diameter-rs), in the same run, client
+//! and server in this one process. `scripts/bench-compare.sh` runs the
+//! separate-process comparison (client and server as separate processes,
+//! as users run them, beside a raw TCP echo).
 //!
 //! Each cell: a fresh server and client on 127.0.0.1 (one TCP connection),
 //! N worker tasks each sending a Credit-Control-Request (application 4,
@@ -25,6 +28,8 @@
 //!
 //! Everything runs on one tokio multi-thread runtime with 2 workers (this
 //! machine's cores), client and server alike, for every implementation.
+//! The closed-loop driver (`support/closed_loop.rs`) and the diameter-rs
+//! side (`support/drs.rs`) are shared with `examples/compare_peer.rs`.
 //!
 //! Run: `cargo bench -p diam --bench compare` (about a minute). Environment:
 //! `DIAM_COMPARE_SECS` (measurement per cell, default 2),
@@ -36,114 +41,29 @@
 //! Without `--bench` (e.g. `cargo test --benches`)
 //! it runs a short smoke pass.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[path = "support/closed_loop.rs"]
+mod closed_loop;
+#[path = "support/drs.rs"]
+mod drs;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use closed_loop::{Cell, SendFn};
 use diam_client::{handler_fn, AddressClient, ConnectionConfig, Node, NodeConfig, PoolConfig, Response};
 use diam_proto::peer::result_code;
 use diam_proto::{apps, avps, commands, result_codes, Message};
-use diameter::avp::flags::M;
-use diameter::avp::Unsigned32 as DUnsigned32;
-use diameter::avp::{Enumerated as DEnumerated, Identity as DIdentity, UTF8String as DUtf8String};
-use diameter::dictionary::{Dictionary as DDictionary, DEFAULT_DICT_XML};
-use diameter::transport::{DiameterClient, DiameterClientConfig, DiameterServer, DiameterServerConfig};
-use diameter::{flags as dflags, ApplicationId, CommandCode, DiameterMessage};
-use hdrhistogram::Histogram;
+use drs::{CLIENT_HOST, CLIENT_REALM, SERVER_HOST, SERVER_REALM};
 
-const CLIENT_HOST: &str = "client.example.com";
-const CLIENT_REALM: &str = "example.com";
-const SERVER_HOST: &str = "server.example.net";
-const SERVER_REALM: &str = "example.net";
 /// Our request timeout; a worker still stuck twice as long after the
 /// window is aborted and counted as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-type BoxFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
-/// Sends request number `n` and resolves to whether a 2001 answer came.
-type SendFn = Arc<dyn Fn(u64) -> BoxFuture + Send + Sync>;
-
-const WARMUP: u8 = 0;
-const MEASURE: u8 = 1;
-const STOP: u8 = 2;
-
-struct Cell {
-    rps: f64,
-    p50: u64,
-    p99: u64,
-    failures: u64,
-}
-
 /// Runs `inflight` closed-loop workers over `send`.
 async fn drive(send: SendFn, inflight: usize, warmup: Duration, window: Duration) -> Cell {
-    let phase = Arc::new(AtomicU8::new(WARMUP));
-    let next = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..inflight {
-        let (send, phase, next, failures) = (send.clone(), phase.clone(), next.clone(), failures.clone());
-        workers.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-            let mut answers = 0u64;
-            loop {
-                let p = phase.load(Ordering::Relaxed);
-                if p == STOP {
-                    break;
-                }
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                let t0 = Instant::now();
-                // No timer per request here (it would cost both sides a
-                // timer-wheel insertion): ours times out by itself, and a
-                // stuck worker is aborted below.
-                let ok = send(n).await;
-                let us = t0.elapsed().as_micros() as u64;
-                if phase.load(Ordering::Relaxed) == MEASURE && p == MEASURE {
-                    if ok {
-                        answers += 1;
-                        hist.saturating_record(us.max(1));
-                    } else {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                if !ok {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-            (answers, hist)
-        }));
-    }
-    tokio::time::sleep(warmup).await;
-    phase.store(MEASURE, Ordering::Relaxed);
-    let t0 = Instant::now();
-    tokio::time::sleep(window).await;
-    phase.store(STOP, Ordering::Relaxed);
-    let elapsed = t0.elapsed();
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut answers = 0;
-    let give_up = tokio::time::Instant::now() + REQUEST_TIMEOUT * 2;
-    for mut w in workers {
-        match tokio::time::timeout_at(give_up, &mut w).await {
-            Ok(Ok((a, h))) => {
-                answers += a;
-                total.add(&h).unwrap();
-            }
-            _ => {
-                // Stuck on a request that never got an answer.
-                w.abort();
-                failures.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    let q = |q: f64| if total.is_empty() { 0 } else { total.value_at_quantile(q) };
-    Cell {
-        rps: answers as f64 / elapsed.as_secs_f64(),
-        p50: q(0.5),
-        p99: q(0.99),
-        failures: failures.load(Ordering::Relaxed),
-    }
+    closed_loop::drive(send, inflight, warmup, window, REQUEST_TIMEOUT * 2).await
 }
 
 // ----------------------------------------------------------------- ours
@@ -234,125 +154,22 @@ async fn bench_ours_peer(inflight: usize, warmup: Duration, window: Duration) ->
 
 // --------------------------------------------------------------- theirs
 
-fn their_ccr(dict: &Arc<DDictionary>, seq: u32, n: u64) -> DiameterMessage {
-    let mut m = DiameterMessage::new(
-        CommandCode::CreditControl,
-        ApplicationId::CreditControl,
-        dflags::REQUEST | dflags::PROXYABLE,
-        seq,
-        seq,
-        Arc::clone(dict),
-    );
-    m.add_avp(263, None, M, DUtf8String::new(&format!("{CLIENT_HOST};1700000000;{n}")).into());
-    m.add_avp(264, None, M, DIdentity::new(CLIENT_HOST).into());
-    m.add_avp(296, None, M, DIdentity::new(CLIENT_REALM).into());
-    m.add_avp(283, None, M, DIdentity::new(SERVER_REALM).into());
-    m.add_avp(258, None, M, DUnsigned32::new(4).into());
-    m.add_avp(461, None, M, DUtf8String::new("32251@3gpp.org").into());
-    m.add_avp(416, None, M, DEnumerated::new(1).into());
-    m.add_avp(415, None, M, DUnsigned32::new(0).into());
-    m
-}
-
-/// Their server's handler: a CEA for a CER, otherwise the standard CCA.
-async fn their_answer(req: DiameterMessage, dict: Arc<DDictionary>) -> diameter::Result<DiameterMessage> {
-    let mut res = DiameterMessage::new(
-        req.get_command_code(),
-        req.get_application_id(),
-        req.get_flags() & !dflags::REQUEST,
-        req.get_hop_by_hop_id(),
-        req.get_end_to_end_id(),
-        dict,
-    );
-    if let CommandCode::CapabilitiesExchange = req.get_command_code() {
-        res.add_avp(268, None, M, DUnsigned32::new(2001).into());
-        res.add_avp(264, None, M, DIdentity::new(SERVER_HOST).into());
-        res.add_avp(296, None, M, DIdentity::new(SERVER_REALM).into());
-        res.add_avp(266, None, M, DUnsigned32::new(0).into());
-        res.add_avp(269, None, M, DUtf8String::new("diameter-rs").into());
-        res.add_avp(258, None, M, DUnsigned32::new(4).into());
-        return Ok(res);
-    }
-    if let Some(sid) = req.get_avp(263) {
-        res.add_avp(263, None, M, sid.get_value().clone());
-    }
-    res.add_avp(268, None, M, DUnsigned32::new(2001).into());
-    res.add_avp(264, None, M, DIdentity::new(SERVER_HOST).into());
-    res.add_avp(296, None, M, DIdentity::new(SERVER_REALM).into());
-    for code in [258, 416, 415] {
-        if let Some(avp) = req.get_avp(code) {
-            res.add_avp(code, None, M, avp.get_value().clone());
-        }
-    }
-    Ok(res)
-}
-
-fn their_answer_ok(ans: &DiameterMessage) -> bool {
-    ans.get_avp(268).and_then(|a| a.get_unsigned32()) == Some(2001)
-}
-
 async fn bench_theirs(inflight: usize, warmup: Duration, window: Duration) -> Cell {
-    let dict = Arc::new(DDictionary::new(&[&DEFAULT_DICT_XML]));
-    // Its server does not report its address: pick a free port first.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut server = DiameterServer::new(&addr, DiameterServerConfig { native_tls: None }).await.expect("bind theirs");
-    let server_dict = dict.clone();
-    let server_task = tokio::spawn(async move {
-        let d = server_dict.clone();
-        let _ = server
-            .listen(
-                move |req| {
-                    let d = d.clone();
-                    their_answer(req, d)
-                },
-                server_dict,
-            )
-            .await;
-    });
-
-    let mut client = DiameterClient::new(&addr, DiameterClientConfig { use_tls: false, verify_cert: false });
-    let mut handler = client.connect().await.expect("connect (theirs)");
-    let reader_dict = dict.clone();
-    let reader = tokio::spawn(async move { DiameterClient::handle(&mut handler, reader_dict).await });
-    // Capabilities exchange, as a real client would.
-    let mut cer = DiameterMessage::new(
-        CommandCode::CapabilitiesExchange,
-        ApplicationId::Common,
-        dflags::REQUEST,
-        1,
-        1,
-        dict.clone(),
-    );
-    cer.add_avp(264, None, M, DIdentity::new(CLIENT_HOST).into());
-    cer.add_avp(296, None, M, DIdentity::new(CLIENT_REALM).into());
-    cer.add_avp(266, None, M, DUnsigned32::new(0).into());
-    cer.add_avp(269, None, M, DUtf8String::new("compare").into());
-    cer.add_avp(258, None, M, DUnsigned32::new(4).into());
-    let cea = client.send_message(cer).await.expect("CER (theirs)").await.expect("CEA (theirs)");
-    assert!(their_answer_ok(&cea), "their CEA: {cea}");
-    let first = client.send_message(their_ccr(&dict, 2, u64::MAX)).await.unwrap().await.expect("first CCA (theirs)");
-    assert!(their_answer_ok(&first), "their server answers 2001: {first}");
-    assert!(first.get_avp(263).is_some() && first.get_avp(415).is_some(), "their CCA: {first}");
-
-    let client = Arc::new(tokio::sync::Mutex::new(client));
-    let seq = Arc::new(AtomicU32::new(3));
+    let dict = drs::dictionary();
+    let (server, addr) = drs::bind("127.0.0.1:0".parse().unwrap()).await.expect("bind theirs");
+    let answered = Arc::new(AtomicU64::new(0));
+    let server_task = tokio::spawn(drs::serve(server, dict.clone(), answered.clone()));
+    let client = Arc::new(drs::Client::connect(addr, dict).await.expect("connect (theirs)"));
+    let c = client.clone();
     let send: SendFn = Arc::new(move |n| {
-        let (client, seq, dict) = (client.clone(), seq.clone(), dict.clone());
-        Box::pin(async move {
-            let req = their_ccr(&dict, seq.fetch_add(1, Ordering::Relaxed), n);
-            let pending = {
-                let mut c = client.lock().await;
-                c.send_message(req).await
-            };
-            match pending {
-                Ok(f) => f.await.is_ok_and(|a| their_answer_ok(&a)),
-                Err(_) => false,
-            }
-        })
+        let c = c.clone();
+        Box::pin(async move { c.send(n).await })
     });
     let cell = drive(send, inflight, warmup, window).await;
-    reader.abort();
+    // Every 2001 the workers counted was produced by that server.
+    let served = answered.load(Ordering::Relaxed);
+    assert!(served >= cell.answers, "their server answered {served}, the client counted {}", cell.answers);
+    drop(client);
     server_task.abort();
     cell
 }
