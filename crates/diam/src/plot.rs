@@ -22,7 +22,12 @@
 //!   `series-p99`), each marker's line and label `marker marker-KIND`
 //!   (`disconnected`, `reconnected`, `peer-down`, `breaker-open`,
 //!   `breaker-closed`, `failover`), so a script can find them; the legend
-//!   names the series (`req/s`, `errors/s`, `p50`, `p99`).
+//!   names the series (`req/s`, `errors/s`, `p50`, `p99`). Each bucket with
+//!   errors also gets a dot (`circle`, class `series series-errors`): a few
+//!   errors among many answers are otherwise a flat line at zero.
+//! * Marker labels are laid out in rows at the top of the upper panel,
+//!   clear of each other and of the legend, and that panel's y range leaves
+//!   the rows used (and the legend) above the series.
 
 use std::fs::File;
 use std::io::Write;
@@ -52,6 +57,12 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 const MAX_MARKS: usize = 500;
 /// Rows of marker labels at the top of the upper panel.
 const LABEL_ROWS: usize = 8;
+/// Height of a row of marker labels, pixels.
+const ROW_PX: i32 = 14;
+/// Rows the upper panel's legend covers at its top right, and its width
+/// with some room (two entries at 14 px are about 52 × 105 px).
+const LEGEND_ROWS: usize = 4;
+const LEGEND_PX: i32 = 120;
 
 const WIDTH: u32 = 1200;
 const HEIGHT: u32 = 780;
@@ -461,7 +472,7 @@ fn render(run: &Run<'_>, buckets: Option<&Buckets>, events: &[Event], dropped: u
         .map_or(0.0, |p| p.t + clock.map_or(0.0, |c| c.width_s()) / 2.0)
         .max(run.window.as_secs_f64())
         .max(run.ran.as_secs_f64());
-    let y_rps = points.iter().map(|p| p.rps.max(p.errors)).fold(0.0, f64::max).max(1.0) * 1.15;
+    let y_max = points.iter().map(|p| p.rps.max(p.errors)).fold(0.0, f64::max).max(1.0);
     // Latency on a log scale, so that a p99 spike does not flatten p50.
     let lat_lo = points.iter().filter_map(|p| p.p50).fold(f64::INFINITY, f64::min);
     let lat_hi = points.iter().filter_map(|p| p.p99).fold(0.0, f64::max);
@@ -469,25 +480,37 @@ fn render(run: &Run<'_>, buckets: Option<&Buckets>, events: &[Event], dropped: u
         if lat_lo.is_finite() && lat_hi >= lat_lo { ((lat_lo * 0.7).max(1.0), lat_hi * 1.5) } else { (1.0, 1000.0) };
     let any_errors = points.iter().any(|p| p.errors > 0.0);
 
+    let mut title = run.title();
+    if dropped > 0 {
+        title.push_str(&format!(" ({dropped} events not marked)"));
+    }
+    let e = |e: DrawingAreaErrorKind<std::io::Error>| e.to_string();
+
+    // The marker labels' rows, laid out on a scratch chart of the same
+    // geometry (x does not depend on the y range): the upper panel's y range
+    // then leaves the rows used, and the legend, above the series.
+    let (layout, y_rps) = {
+        let mut scratch = String::new();
+        let root = SVGBackend::with_string(&mut scratch, (WIDTH, HEIGHT)).into_drawing_area();
+        let body = root.titled(&title, ("sans-serif", 22)).map_err(e)?;
+        let (upper, _) = body.split_vertically((HEIGHT - 40) / 2);
+        let probe = top_chart(&upper, x_end, 1.0).map_err(e)?;
+        let (xs, ys) = probe.plotting_area().get_pixel_range();
+        let px: Vec<(i32, usize)> =
+            marks.iter().map(|m| (probe.backend_coord(&(m.t, 0.0)).0, m.label.chars().count())).collect();
+        let layout = layout_labels((xs.start, xs.end), &px);
+        let rows = layout.iter().map(|l| l.row + 1).max().unwrap_or(0).max(LEGEND_ROWS);
+        (layout, y_axis_top(y_max, ys.end - ys.start, label_band(rows)))
+    };
+
     let mut svg = String::new();
     {
-        let e = |e: DrawingAreaErrorKind<std::io::Error>| e.to_string();
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(e)?;
-        let mut title = run.title();
-        if dropped > 0 {
-            title.push_str(&format!(" ({dropped} events not marked)"));
-        }
         let body = root.titled(&title, ("sans-serif", 22)).map_err(e)?;
         let (upper, lower) = body.split_vertically((HEIGHT - 40) / 2);
 
-        let mut top = ChartBuilder::on(&upper)
-            .caption("answers per second, per 100 ms", ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..x_end, 0f64..y_rps)
-            .map_err(e)?;
+        let mut top = top_chart(&upper, x_end, y_rps).map_err(e)?;
         top.configure_mesh()
             .y_desc("req/s")
             .y_label_formatter(&|v| compact(*v))
@@ -503,6 +526,12 @@ fn render(run: &Run<'_>, buckets: Option<&Buckets>, events: &[Event], dropped: u
                 .map_err(e)?
                 .label("errors/s")
                 .legend(|(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], ERRORS.filled()));
+            // A few errors among many answers are a flat line at zero: each
+            // bucket that has any gets a dot.
+            top.draw_series(
+                points.iter().filter(|p| p.errors > 0.0).map(|p| Circle::new((p.t, p.errors), 4, ERRORS.filled())),
+            )
+            .map_err(e)?;
         }
 
         let mut bottom = ChartBuilder::on(&lower)
@@ -536,7 +565,7 @@ fn render(run: &Run<'_>, buckets: Option<&Buckets>, events: &[Event], dropped: u
         }
 
         // Markers: a line through each panel, the label at the top of the
-        // upper one, in the first row where it does not overlap.
+        // upper one, in the row laid out for it.
         for m in &marks {
             let style = m.kind.color().stroke_width(1);
             top.draw_series(std::iter::once(PathElement::new(vec![(m.t, 0.0), (m.t, y_rps)], style))).map_err(e)?;
@@ -544,7 +573,12 @@ fn render(run: &Run<'_>, buckets: Option<&Buckets>, events: &[Event], dropped: u
                 .draw_series(std::iter::once(PathElement::new(vec![(m.t, lat_lo), (m.t, lat_hi)], style)))
                 .map_err(e)?;
         }
-        draw_labels(&root, &top, &marks).map_err(e)?;
+        for (m, l) in marks.iter().zip(&layout) {
+            let anchor = if l.left { HPos::Right } else { HPos::Left };
+            let style = ("sans-serif", 14).into_font().color(&m.kind.color()).pos(Pos::new(anchor, VPos::Top));
+            let (_, ys) = top.plotting_area().get_pixel_range();
+            root.draw(&Text::new(m.label.clone(), (l.x, ys.start + 2 + ROW_PX * l.row as i32), style)).map_err(e)?;
+        }
 
         top.configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -572,28 +606,69 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-fn draw_labels(
-    root: &DrawingArea<SVGBackend<'_>, Shift>,
-    top: &Chart<'_, '_>,
-    marks: &[Mark],
-) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
-    let (xs, ys) = top.plotting_area().get_pixel_range();
+/// The upper panel (answers per second) on `area`, its y axis up to `y_top`.
+fn top_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    x_end: f64,
+    y_top: f64,
+) -> Result<Chart<'a, 'b>, DrawingAreaErrorKind<std::io::Error>> {
+    ChartBuilder::on(area)
+        .caption("answers per second, per 100 ms", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_end, 0f64..y_top)
+}
+
+/// Where a marker's label goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LabelPos {
+    /// The text's anchor, pixels from the left.
+    x: i32,
+    /// Right-aligned at `x`, on the left of its line (else left-aligned).
+    left: bool,
+    /// The row, 0 at the top of the upper panel.
+    row: usize,
+}
+
+/// The labels' rows: each marker (`px`: its line's pixel x and its label's
+/// length in characters, in time order) gets the first row where its label
+/// overlaps neither an earlier label nor the legend in the upper right
+/// corner (the top [`LEGEND_ROWS`] rows, [`LEGEND_PX`] wide); a label that
+/// would run past the right edge goes on the left of its line. With every
+/// row taken, the rows are reused in turn.
+fn layout_labels(xs: (i32, i32), px: &[(i32, usize)]) -> Vec<LabelPos> {
+    let legend_left = xs.1 - 5 - LEGEND_PX;
     // The rows' right ends so far.
     let mut rows = [i32::MIN; LABEL_ROWS];
-    for (i, m) in marks.iter().enumerate() {
-        let (px, _) = top.backend_coord(&(m.t, 0.0));
-        // The naive font estimate plotters uses without a font: 0.7 em.
-        let w = (m.label.chars().count() as f64 * 7.0) as i32 + 6;
-        let left_side = px + w > xs.end;
-        let (start, end) = if left_side { (px - w, px) } else { (px, px + w) };
-        let row = rows.iter().position(|&r| r < start).unwrap_or(i % LABEL_ROWS);
-        rows[row] = end;
-        let anchor = if left_side { HPos::Right } else { HPos::Left };
-        let x = if left_side { px - 3 } else { px + 3 };
-        let style = ("sans-serif", 14).into_font().color(&m.kind.color()).pos(Pos::new(anchor, VPos::Top));
-        root.draw(&Text::new(m.label.clone(), (x, ys.start + 2 + 14 * row as i32), style))?;
-    }
-    Ok(())
+    px.iter()
+        .enumerate()
+        .map(|(i, &(px, chars))| {
+            // The naive font estimate plotters uses without a font: 0.7 em.
+            let w = (chars as f64 * 7.0) as i32 + 6;
+            let left_side = px + w > xs.1;
+            let (start, end) = if left_side { (px - w, px) } else { (px, px + w) };
+            let free = |r: usize| rows[r] < start && (r >= LEGEND_ROWS || end < legend_left);
+            let row = (0..LABEL_ROWS).find(|&r| free(r)).unwrap_or(i % LABEL_ROWS);
+            rows[row] = rows[row].max(end);
+            let x = if left_side { px - 3 } else { px + 3 };
+            LabelPos { x, left: left_side, row }
+        })
+        .collect()
+}
+
+/// Pixels at the top of the upper panel taken by `rows` rows of labels.
+fn label_band(rows: usize) -> i32 {
+    2 + ROW_PX * rows as i32 + 6
+}
+
+/// The upper panel's y axis top for series up to `y_max`, in a plotting area
+/// `plot_px` high whose top `band_px` pixels are kept for labels and the
+/// legend (at least 15 % headroom; the band at most 60 % of the panel).
+fn y_axis_top(y_max: f64, plot_px: i32, band_px: i32) -> f64 {
+    let plot = f64::from(plot_px.max(1));
+    let band = f64::from(band_px.max(0)).min(plot * 0.6);
+    (y_max * 1.15).max(y_max * plot / (plot - band))
 }
 
 /// Adds a `<title>`, and `class` attributes by colour to the series'
@@ -621,7 +696,7 @@ fn annotate(svg: &str, title: &str) -> String {
         let name = tag[1..].split([' ', '>', '/']).next().unwrap_or("");
         let color_attr = match name {
             "polyline" => "stroke=\"",
-            "text" => "fill=\"",
+            "text" | "circle" => "fill=\"",
             _ => "",
         };
         let color = (!color_attr.is_empty())
@@ -719,6 +794,55 @@ mod tests {
         for label in ["req/s", "p50", "p99"] {
             assert!(svg.contains(&format!(">\n{label}\n</text>")), "legend {label}: {svg}");
         }
+    }
+
+    #[test]
+    fn labels_stack_and_keep_clear_of_the_legend() {
+        let xs = (80, 1190);
+        // Three markers on one line, stacked; one further on, back in row 0.
+        let l = layout_labels(xs, &[(300, 20), (300, 20), (300, 20), (600, 20)]);
+        assert_eq!(l.iter().map(|p| p.row).collect::<Vec<_>>(), [0, 1, 2, 0]);
+        assert!(l.iter().all(|p| !p.left) && l[0].x == 303);
+        // Under the legend (the top right corner): below its rows.
+        let l = layout_labels(xs, &[(1000, 20)]);
+        assert_eq!(l[0].row, LEGEND_ROWS);
+        // Past the right edge: on the left of its line, still below the legend.
+        let l = layout_labels(xs, &[(1180, 20)]);
+        assert_eq!(l[0], LabelPos { x: 1177, left: true, row: LEGEND_ROWS });
+        // Clear of the legend: the top row.
+        assert_eq!(layout_labels(xs, &[(700, 20)])[0].row, 0);
+    }
+
+    #[test]
+    fn the_series_stay_below_the_label_band() {
+        assert!((y_axis_top(100.0, 300, 0) - 115.0).abs() < 1e-9);
+        for rows in [1, LEGEND_ROWS, LABEL_ROWS] {
+            let band = label_band(rows);
+            let top = y_axis_top(100.0, 300, band);
+            // The series' maximum, in pixels from the top of the plotting area.
+            let y_px = 300.0 * (1.0 - 100.0 / top);
+            assert!(y_px >= f64::from(band) - 1e-9, "{rows} rows: {y_px} px < {band}");
+        }
+        // A band taller than the panel still leaves the series some room.
+        assert!(y_axis_top(100.0, 100, 1000) <= 250.0 + 1e-9);
+    }
+
+    #[test]
+    fn errors_get_a_dot_per_bucket() {
+        let c = clock();
+        let mut b = Buckets::new(c);
+        for i in 0..20u64 {
+            b.record(c.start + Duration::from_millis(i * 100 + 10), Some(100));
+        }
+        b.record(c.start + Duration::from_millis(1010), None);
+        b.record(c.start + Duration::from_millis(1020), None);
+        b.record(c.start + Duration::from_millis(1510), None);
+        let peers = vec!["127.0.0.1:3868".to_string()];
+        let window = Duration::from_secs(2);
+        let run = Run { peers: &peers, inflight: 8, rate: None, window, ran: window };
+        let svg = render(&run, Some(&b), &[], 0).unwrap();
+        assert!(svg.contains("<polyline class=\"series series-errors\""), "{svg}");
+        assert_eq!(svg.matches("<circle class=\"series series-errors\"").count(), 2, "{svg}");
     }
 
     #[test]
