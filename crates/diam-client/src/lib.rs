@@ -47,6 +47,31 @@
 //! * [`events`]: the typed payloads of the node's events; listeners run on
 //!   a bounded executor, never on a peer's task.
 //!
+//! # Choosing a runtime
+//!
+//! Every task a request passes through (the caller, the peer task, a
+//! handler) is spawned on the runtime current when the [`Node`],
+//! [`AddressClient`] or [`PeerGroup`] is built; they never start threads of
+//! their own for the request path.
+//!
+//! * **Lowest latency, or a small machine**: a current-thread runtime
+//!   (`tokio::runtime::Builder::new_current_thread`). A request and its
+//!   answer cross no thread: the caller wakes the peer task, which writes
+//!   and later wakes the caller, all on one thread, with no cross-thread
+//!   wake-up on either side.
+//! * **Throughput on several cores**: one current-thread runtime per core,
+//!   each with its own client (a distinct Origin-Host for each, since a peer
+//!   keeps one connection per identity) or its own node listening on the
+//!   same port with [`TcpAcceptor::bind_shared`] (SO_REUSEPORT: the kernel
+//!   spreads the connections). Traffic is split by connection, and nothing
+//!   is shared on the request path. `diam serve --threads N` and
+//!   `diam bench --threads N` are built that way.
+//! * **Simplest**: the default multi-thread runtime. It balances uneven
+//!   work across cores by itself, at the cost of wake-ups across threads
+//!   (a few microseconds per request at low load), and suits nodes with
+//!   slow handlers or many peers of unequal load, and agents, whose
+//!   upstream and downstream peers must share one node.
+//!
 //! Dependencies: `tokio` (runtime, sockets, timers, channels), `tokio-util`
 //! (reading into a `BytesMut` from a poll loop), `bytes`, `tracing` for
 //! logs, `thiserror` for errors, `metrics` for counters, `rustls` (ring
