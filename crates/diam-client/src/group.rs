@@ -1153,6 +1153,13 @@ impl GroupInner {
     /// `deadline` when the configuration says so; with the clock reading it
     /// was picked at (`now` when one was free at once).
     async fn acquire(&self, tried: &[usize], deadline: Instant, now: Instant) -> Result<(Attempt<'_>, Instant), Error> {
+        if self.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        // The common case first, without registering for a wake-up.
+        if let Some(attempt) = self.pick_at(tried, now) {
+            return Ok((attempt, now));
+        }
         let mut now = now;
         loop {
             let notified = self.usable.notified();

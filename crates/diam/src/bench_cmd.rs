@@ -241,25 +241,43 @@ impl Ctx {
     /// The next request and whether it is retryable: request `n` is when
     /// `floor((n + 1) × F)` exceeds `floor(n × F)`, which spreads exactly
     /// the `--retryable` fraction F evenly.
-    fn next_request(&self, lane: &Lane) -> (Message, bool) {
+    ///
+    /// Built into `scratch`: a worker's previous request is gone by the time
+    /// it builds the next, so the room is taken back instead of allocated.
+    fn next_request(&self, lane: &Lane, scratch: &mut Scratch) -> (Message, bool) {
+        use std::fmt::Write as _;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let f = self.retryable;
         let retryable = f >= 1.0 || ((n + 1) as f64 * f).floor() > (n as f64 * f).floor();
-        let ccr = Message::request(apps::CREDIT_CONTROL, commands::CREDIT_CONTROL)
-            .proxiable(retryable)
-            .avp(avps::SESSION_ID, format!("{};{};{n}", lane.origin_host, self.boot))
-            .avp(avps::ORIGIN_HOST, lane.origin_host.as_str())
-            .avp(avps::ORIGIN_REALM, self.origin_realm.as_str())
-            .avp(avps::DESTINATION_REALM, self.destination_realm.as_str())
-            .avp(avps::AUTH_APPLICATION_ID, apps::CREDIT_CONTROL)
-            // RFC 4006 §3.1: every CCR carries it (python-diameter answers
-            // 5005 without it).
-            .avp(avps::SERVICE_CONTEXT_ID, SERVICE_CONTEXT)
-            .avp(avps::CC_REQUEST_TYPE, 1i32) // INITIAL_REQUEST
-            .avp(avps::CC_REQUEST_NUMBER, 0u32)
-            .build();
+        scratch.sid.clear();
+        let _ = write!(scratch.sid, "{};{};{n}", lane.origin_host, self.boot);
+        let mut room = std::mem::take(&mut scratch.room);
+        room.reserve(512);
+        let flags = diam_proto::CommandFlags::from_bits(diam_proto::CommandFlags::REQUEST);
+        let (ccr, room) =
+            diam_proto::MessageBuilder::new_in(room, flags, commands::CREDIT_CONTROL, apps::CREDIT_CONTROL)
+                .proxiable(retryable)
+                .avp(avps::SESSION_ID, scratch.sid.as_str())
+                .avp(avps::ORIGIN_HOST, lane.origin_host.as_str())
+                .avp(avps::ORIGIN_REALM, self.origin_realm.as_str())
+                .avp(avps::DESTINATION_REALM, self.destination_realm.as_str())
+                .avp(avps::AUTH_APPLICATION_ID, apps::CREDIT_CONTROL)
+                // RFC 4006 §3.1: every CCR carries it (python-diameter answers
+                // 5005 without it).
+                .avp(avps::SERVICE_CONTEXT_ID, SERVICE_CONTEXT)
+                .avp(avps::CC_REQUEST_TYPE, 1i32) // INITIAL_REQUEST
+                .avp(avps::CC_REQUEST_NUMBER, 0u32)
+                .build_reusing();
+        scratch.room = room;
         (ccr, retryable)
     }
+}
+
+/// A sender's reusable room for building requests.
+#[derive(Default)]
+struct Scratch {
+    sid: String,
+    room: bytes::BytesMut,
 }
 
 /// A pause after an error that came back at once (a dead peer refusing
@@ -279,8 +297,9 @@ async fn pace_fast_error(outcome: &Result<Message, Error>, latency: Duration) {
 async fn closed_worker(ctx: Arc<Ctx>, lane: Arc<Lane>, shard: usize) {
     let tally = &ctx.tallies[shard % ctx.tallies.len()];
     let mut started = Instant::now();
+    let mut scratch = Scratch::default();
     while !ctx.stop.load(Ordering::Relaxed) {
-        let (ccr, retryable) = ctx.next_request(&lane);
+        let (ccr, retryable) = ctx.next_request(&lane, &mut scratch);
         let outcome = lane.group.send(ccr).await;
         let done = Instant::now();
         let latency = done.saturating_duration_since(started);
@@ -332,7 +351,7 @@ async fn open_loop(ctx: Arc<Ctx>, lanes: &[Arc<Lane>], rate: f64, inflight: usiz
         // when the timer let it go early.
         let origin = intended.min(Instant::now());
         lane.handle.clone().spawn(async move {
-            let (ccr, retryable) = ctx.next_request(&lane);
+            let (ccr, retryable) = ctx.next_request(&lane, &mut Scratch::default());
             let outcome = lane.group.send(ccr).await;
             let latency = origin.elapsed();
             lock(&ctx.tallies[shard % ctx.tallies.len()]).record(&outcome, retryable, latency, origin + latency);
