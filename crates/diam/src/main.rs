@@ -489,8 +489,9 @@ pub(crate) struct RelayArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Runtime threads: 1 runs everything on one thread (no cross-thread
-    /// wake-ups between the peer tasks a request crosses); default one
-    /// worker per core.
+    /// wake-ups between the peer tasks a request crosses); N > 1 a
+    /// multi-thread runtime of N workers (an agent is one node, so it is
+    /// not split per thread as serve is); default one worker per core.
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,
     #[command(flatten)]
