@@ -232,8 +232,8 @@ struct Ctx {
     /// 200 KiB: hundreds of them would miss the cache on every record).
     tallies: Vec<Mutex<Tally>>,
     stop: AtomicBool,
-    /// A progress bar shows the figures so far: workers merge their
-    /// tallies every 100 ms (otherwise once, at the end).
+    /// A progress bar shows the figures so far (the shards are read every
+    /// 250 ms); otherwise they are read once, at the end.
     live: bool,
 }
 
