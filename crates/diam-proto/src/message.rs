@@ -616,11 +616,7 @@ impl MessageBuilder {
     /// caller adding megabytes of AVPs can cause.
     pub fn build(self) -> Message {
         let MessageBuilder { mut buf, start, mut header } = self;
-        let length = buf.len() - start;
-        assert!(length <= MAX_LENGTH_FIELD, "Diameter message of {length} bytes exceeds the 24-bit length field");
-        header.length = length as u32;
-        buf[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
-        header.command_code &= 0x00ff_ffff;
+        finish_header(&mut buf, start, &mut header);
         // `slice` on a Vec-backed `Bytes` promotes it to a shared buffer,
         // which allocates: only slice when there is a prefix to drop.
         let buf = if start == 0 { buf.freeze() } else { buf.freeze().slice(start..) };
@@ -650,17 +646,23 @@ impl MessageBuilder {
     /// ```
     pub fn build_reusing(self) -> (Message, BytesMut) {
         let MessageBuilder { mut buf, start, mut header } = self;
-        let length = buf.len() - start;
-        assert!(length <= MAX_LENGTH_FIELD, "Diameter message of {length} bytes exceeds the 24-bit length field");
-        header.length = length as u32;
-        buf[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
-        header.command_code &= 0x00ff_ffff;
+        finish_header(&mut buf, start, &mut header);
         // [prefix][message][spare]: split the spare off first, then the
         // prefix (kept out of the message, as `build` does).
         let spare = buf.split_off(buf.len());
         let message = buf.split_off(start);
         (Message { header, buf: message.freeze() }, spare)
     }
+}
+
+/// Writes the header of the message at `start..` of `buf`, its length now
+/// known.
+fn finish_header(buf: &mut BytesMut, start: usize, header: &mut Header) {
+    let length = buf.len() - start;
+    assert!(length <= MAX_LENGTH_FIELD, "Diameter message of {length} bytes exceeds the 24-bit length field");
+    header.length = length as u32;
+    buf[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
+    header.command_code &= 0x00ff_ffff;
 }
 
 fn copy_raw(buf: &mut BytesMut, avp: &Avp<'_>) {
