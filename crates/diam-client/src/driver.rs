@@ -57,6 +57,8 @@ const READ_CHUNK: usize = 2 * 1024;
 const MAX_READ_CHUNK: usize = 64 * 1024;
 /// Buffers larger than this are given back once empty (after a burst).
 const SHRINK_ABOVE: usize = 64 * 1024;
+/// The Command-Code of DWR/DWA.
+const WATCHDOG: u32 = diam_proto::commands::DEVICE_WATCHDOG;
 
 /// An inbound connection handed to its peer's task after its CER was read
 /// (boxed in the channel: every peer has one, most never use it, and a
@@ -109,6 +111,12 @@ struct LinkIo {
     /// The capabilities exchange completed, but in-band TLS and its
     /// certificate check have not: the peer is announced once they have.
     deferred_up: Option<Box<(Direction, PeerInfo, Vec<u32>)>>,
+    /// Only watchdog messages since a DWR or DWA was written: the link is
+    /// idle (a DWR goes out after Tw without traffic, and a peer's DWR
+    /// says the same of its side), so its buffers are given back each
+    /// time they run empty and an idle connection holds none. Cleared by
+    /// the first other message either way.
+    idle: bool,
 }
 
 impl LinkIo {
@@ -130,6 +138,7 @@ impl LinkIo {
             partial_since: None,
             clear: BytesMut::new(),
             deferred_up: None,
+            idle: false,
         }
     }
 }
@@ -487,10 +496,12 @@ impl PeerTask {
         let mut rbuf = std::mem::take(&mut self.links[i].rbuf);
         let mut decoder = FrameDecoder::with_max_size(self.node.config.connection.max_message_size);
         let mut decoded = false;
+        let mut traffic = false;
         loop {
             match decoder.decode_frame(&mut rbuf) {
                 Ok(Some(msg)) => {
                     decoded = true;
+                    traffic |= msg.command_code() != WATCHDOG;
                     self.on_message(id, msg, now);
                     if self.machine.inband_tls(id) {
                         // The CEA agreed in-band TLS: what follows it is the
@@ -517,10 +528,14 @@ impl PeerTask {
             }
         }
         if let Some(l) = self.links.get_mut(i).filter(|l| l.id == id) {
+            l.idle &= !traffic;
             // After a burst, give the room back (the read size has come
-            // down again).
-            if rbuf.is_empty() && rbuf.capacity() > 2 * l.read_chunk {
+            // down again); an idle link keeps none.
+            if rbuf.is_empty() && (l.idle || rbuf.capacity() > 2 * l.read_chunk) {
                 rbuf = BytesMut::new();
+                if l.idle {
+                    l.read_chunk = READ_CHUNK;
+                }
             }
             // What is left is an unfinished message: it has until the
             // message deadline, and counts against the node's budget.
@@ -653,7 +668,7 @@ impl PeerTask {
         }
         if link.wbuf.is_empty() {
             link.write_wait = None;
-            if link.wbuf.capacity() > SHRINK_ABOVE {
+            if link.idle || link.wbuf.capacity() > SHRINK_ABOVE {
                 link.wbuf = BytesMut::new();
             }
             if link.flush {
@@ -780,8 +795,29 @@ impl PeerTask {
         } else {
             l.wbuf.extend_from_slice(msg.as_bytes());
         }
+        let was_idle = std::mem::replace(&mut l.idle, msg.command_code() == WATCHDOG);
+        if l.idle && !was_idle {
+            self.release_idle_tables();
+        }
         self.shared.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         self.shared.counters.bytes_sent.fetch_add(msg.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A link went idle: tables that grew with its traffic and are empty
+    /// now are given back (an idle peer holds no room for a burst).
+    fn release_idle_tables(&mut self) {
+        if self.pending.is_empty() {
+            // Only stale entries are left in the expiry heap.
+            self.pending = HashMap::new();
+            self.expiry = BinaryHeap::new();
+        }
+        if self.handler_requests.is_empty() {
+            self.handler_requests = HashMap::new();
+        }
+        if self.forwards.is_empty() {
+            self.forwards = HashMap::new();
+            self.forward_expiry = BinaryHeap::new();
+        }
     }
 
     fn emit(&self, data: EventData) {
@@ -1278,6 +1314,7 @@ impl PeerTask {
             reply.send(Err(Unanswered::unsent(Error::NotAvailable(self.machine.state()))));
             return;
         };
+        l.idle = false;
         let start = l.wbuf.len();
         l.wbuf.extend_from_slice(msg.as_bytes());
         l.wbuf[start + 12..start + 16].copy_from_slice(&hbh.to_be_bytes());

@@ -320,6 +320,12 @@ struct MemberState {
 }
 
 impl MemberState {
+    /// Whether the timer task has anything to do for the member: a breaker
+    /// that is open or probing, or a dead member to probe.
+    fn needs_timer(&self) -> bool {
+        self.breaker.state() != BreakerState::Closed || self.health.status() == HealthStatus::Dead
+    }
+
     /// Whether the member can carry traffic: open, not dead, breaker not
     /// waiting out an open period (half-open counts: it is being probed).
     fn usable(&self, now: Instant) -> bool {
@@ -411,6 +417,12 @@ struct GroupState {
     /// Balancing: times no member was usable.
     balance_unavailable: u64,
     any_usable: bool,
+    /// The members the timer task visits: breaker not closed, or dead
+    /// (waiting out an open breaker, or probed). Healthy members are not
+    /// walked, so the timer's work does not grow with the group.
+    timed: Vec<usize>,
+    /// Whether each member is in `timed`.
+    in_timed: Vec<bool>,
 }
 
 /// Events produced under the lock, emitted after it is released.
@@ -542,7 +554,7 @@ impl std::fmt::Debug for PeerGroup {
 }
 
 /// Most members of one group.
-const MAX_MEMBERS: usize = 1024;
+const MAX_MEMBERS: usize = 65_536;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state is updated in short, non-panicking steps; a poisoned lock
@@ -748,8 +760,9 @@ impl PeerGroup {
         config: GroupConfig,
         request_timeout: Duration,
     ) -> Result<PeerGroup, Error> {
-        for (i, (m, _)) in members.iter().enumerate() {
-            if members[..i].iter().any(|(o, _)| o.id() == m.id()) {
+        let mut seen = std::collections::HashSet::with_capacity(members.len());
+        for (m, _) in &members {
+            if !seen.insert(m.id()) {
                 return Err(Error::InvalidConfig(format!("{} appears twice in the peer group", m.shared.label())));
             }
         }
@@ -809,6 +822,8 @@ impl PeerGroup {
                 balance_failovers: 0,
                 balance_unavailable: 0,
                 any_usable: false,
+                timed: Vec::new(),
+                in_timed: vec![false; n],
             }),
             config,
             client,
@@ -1333,13 +1348,41 @@ impl GroupInner {
             out.wake |= usable;
             out.rearm = true;
         }
+        if !st.in_timed[member] && st.members[member].needs_timer() {
+            st.in_timed[member] = true;
+            st.timed.push(member);
+            out.rearm = true;
+        }
     }
 
-    /// Re-evaluates every member (timers), and the whole group's usability.
+    /// Re-evaluates every member, and the whole group's usability.
     fn refresh(&self, st: &mut GroupState, now: Instant, out: &mut Pending) {
         for i in 0..st.members.len() {
             self.refresh_member(st, i, now, out);
         }
+        self.refresh_group(st, now, out);
+    }
+
+    /// The timer's pass: re-evaluates only the members with a timer (see
+    /// [`GroupState::timed`]), drops those that no longer need one, and
+    /// the whole group's usability.
+    fn refresh_timed(&self, st: &mut GroupState, now: Instant, out: &mut Pending) {
+        let mut timed = std::mem::take(&mut st.timed);
+        for &i in &timed {
+            self.refresh_member(st, i, now, out);
+        }
+        timed.retain(|&i| {
+            let keep = st.members[i].needs_timer();
+            st.in_timed[i] = keep;
+            keep
+        });
+        // Members refreshed meanwhile were already listed; keep any others.
+        timed.append(&mut st.timed);
+        st.timed = timed;
+        self.refresh_group(st, now, out);
+    }
+
+    fn refresh_group(&self, st: &mut GroupState, now: Instant, out: &mut Pending) {
         if let Some(f) = &mut st.failover {
             f.handle_timeout(now.into_std());
             drain_failover(f, out);
@@ -1564,7 +1607,7 @@ impl GroupInner {
     /// The earliest breaker or failover deadline after `now`.
     fn next_timer(&self, now: Instant) -> Option<Instant> {
         let st = lock(&self.state);
-        let breakers = st.members.iter().filter_map(|m| m.breaker.poll_timeout());
+        let breakers = st.timed.iter().filter_map(|&i| st.members[i].breaker.poll_timeout());
         let failback = st.failover.as_ref().and_then(Failover::poll_timeout);
         breakers.chain(failback).map(Instant::from_std).filter(|t| *t > now).min()
     }
@@ -1573,11 +1616,10 @@ impl GroupInner {
     fn probe_dead(&self) {
         let dead: Vec<usize> = {
             let st = lock(&self.state);
-            st.members
+            st.timed
                 .iter()
-                .enumerate()
-                .filter(|(_, s)| s.open && s.health.status() == HealthStatus::Dead)
-                .map(|(i, _)| i)
+                .copied()
+                .filter(|&i| st.members[i].open && st.members[i].health.status() == HealthStatus::Dead)
                 .collect()
         };
         self.next_probe_seed.fetch_add(1, Ordering::Relaxed);
@@ -1656,7 +1698,7 @@ async fn timer(group: Weak<GroupInner>, rearm: Arc<Notify>, mut shutdown: watch:
         let Some(g) = group.upgrade() else { return };
         let now = Instant::now();
         let mut out = Pending::default();
-        g.refresh(&mut lock(&g.state), now, &mut out);
+        g.refresh_timed(&mut lock(&g.state), now, &mut out);
         // The timer is re-armed by this loop itself.
         out.rearm = false;
         g.flush(out);

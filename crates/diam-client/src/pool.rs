@@ -696,25 +696,22 @@ fn sweep_interval(c: &PoolConfig) -> Duration {
 }
 
 /// Idle closures, lifetime rotation, and the traffic totals for the
-/// `metrics` facade (once a second).
+/// `metrics` facade, once per sweep: each pass walks every entry, so it
+/// runs at the sweep's pace (the health-check interval, 30 s by default,
+/// one watchdog interval) and never more often, however many peers.
 async fn sweep_loop(pool: Weak<Inner>) {
     let (interval, mut shutdown) = match pool.upgrade() {
         Some(p) => (sweep_interval(&p.config), p.shutdown.subscribe()),
         None => return,
     };
-    let publish = Duration::from_secs(1).min(interval);
-    let mut next_sweep = Instant::now() + interval;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(publish) => {}
+            () = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let Some(pool) = pool.upgrade() else { return };
         publish_metrics(&AddressClient { inner: pool.clone() }.stats());
-        if Instant::now() >= next_sweep {
-            sweep(&pool);
-            next_sweep = Instant::now() + interval;
-        }
+        sweep(&pool);
     }
 }
 

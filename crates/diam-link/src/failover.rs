@@ -253,7 +253,7 @@ struct Member {
     up_since: Option<Instant>,
 }
 
-const MAX_MEMBERS: usize = 1024;
+const MAX_MEMBERS: usize = 65_536;
 const MAX_EVENTS: usize = 16;
 
 /// The failover state machine; see the [module docs](self).
@@ -279,11 +279,11 @@ pub struct Failover {
 
 impl Failover {
     /// A machine over `members` members (member 0 the primary), all unavailable, in state
-    /// `Unavailable`. Rejects zero or more than 1024 members and an invalid `config`.
+    /// `Unavailable`. Rejects zero or more than 65,536 members and an invalid `config`.
     pub fn new(members: usize, config: FailoverConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         if !(1..=MAX_MEMBERS).contains(&members) {
-            return Err(ConfigError::value("failover members", "must be between 1 and 1024"));
+            return Err(ConfigError::value("failover members", "must be between 1 and 65536"));
         }
         Ok(Self {
             config,

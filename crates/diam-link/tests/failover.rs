@@ -26,7 +26,7 @@ fn pair(config: FailoverConfig, t0: Instant) -> Failover {
 #[test]
 fn config_and_sizes_are_validated() {
     assert!(Failover::new(0, FailoverConfig::default()).is_err());
-    assert!(Failover::new(1025, FailoverConfig::default()).is_err());
+    assert!(Failover::new(65_537, FailoverConfig::default()).is_err());
     assert!(Failover::new(2, FailoverConfig::default().failback_after(Duration::ZERO)).is_err());
     let f = Failover::new(3, FailoverConfig::default()).unwrap();
     assert_eq!((f.state(), f.active(), f.members()), (Unavailable, None, 3));

@@ -557,10 +557,12 @@ fn write_plot(
 /// The pool configuration: identity and timers from the common options,
 /// Credit-Control advertised, fast reconnection (100 ms growing to 1 s) so a
 /// restarted peer is picked up at once.
-fn pool_config(args: &BenchArgs) -> Result<PoolConfig, Failure> {
+fn pool_config(args: &BenchArgs, peers: usize) -> Result<PoolConfig, Failure> {
     let c = crate::peer_cmd::config(&args.identity.to_identity(), &args.tuning, &[apps::CREDIT_CONTROL], &args.tls)?;
     let tls = crate::peer_cmd::load_tls(&args.tls)?;
     let mut p = PoolConfig { connection: c, tls, ..PoolConfig::default() };
+    // Room for every --peer (the pool's default is 1024 addresses).
+    p.max_connections = p.max_connections.max(peers);
     p.reconnect_enabled = true;
     p.reconnect_interval = Duration::from_millis(100);
     p.max_reconnect_delay = Duration::from_secs(1);
@@ -666,11 +668,8 @@ async fn hold(lanes: &[Arc<Lane>], window: Duration) -> Value {
                 .count()
         })
         .sum();
-    let cpu_percent = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) if wall > 0.0 => {
-            let cpu = b.saturating_sub(a) as f64 / clock_ticks_per_second() as f64;
-            Some((cpu / wall * 1000.0).round() / 10.0)
-        }
+    let cpu_percent = match cpu_seconds(cpu_before, cpu_after) {
+        Some(cpu) if wall > 0.0 => Some((cpu / wall * 1000.0).round() / 10.0),
         _ => None,
     };
     json!({
@@ -680,6 +679,29 @@ async fn hold(lanes: &[Arc<Lane>], window: Duration) -> Value {
         "rss_bytes": proc_rss_bytes(),
         "cpu_percent": cpu_percent,
     })
+}
+
+/// Waits until every member of every lane is open or has failed an attempt
+/// (its first attempt is over, whatever the outcome), at most `limit`.
+async fn settle(lanes: &[Arc<Lane>], limit: Duration) {
+    let until = Instant::now() + limit;
+    loop {
+        let settled = lanes
+            .iter()
+            .all(|l| l.group.reconnection_statistics().iter().all(|m| m.open || m.failed_establishments > 0));
+        if settled || Instant::now() >= until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// CPU seconds between two [`proc_cpu_ticks`] readings (10 ms resolution
+/// at the usual 100 ticks a second).
+fn cpu_seconds(before: Option<u64>, after: Option<u64>) -> Option<f64> {
+    let (a, b) = (before?, after?);
+    let cpu = b.saturating_sub(a) as f64 / clock_ticks_per_second() as f64;
+    Some((cpu * 1000.0).round() / 1000.0)
 }
 
 /// utime + stime of this process, in clock ticks (/proc/self/stat fields 14
@@ -854,7 +876,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
     if !(0.0..=1.0).contains(&args.retryable) {
         return Err(Failure::input("--retryable must be a fraction between 0 and 1"));
     }
-    let config = pool_config(args)?;
+    let config = pool_config(args, peers.len())?;
     let group_config = group_config(args)?;
     let window = Duration::from_secs_f64(args.duration);
     let writer = args.events.as_deref().map(|p| EventWriter::start(p, names.clone())).transpose()?;
@@ -888,7 +910,11 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             let mut config = config.clone();
             config.connection.peer.origin_host = origin_host.clone();
             let client = AddressClient::new(config).map_err(|e| Failure::input(e.to_string()))?;
-            subscriptions.extend(EVENT_KINDS.iter().map(|&kind| {
+            // A HealthCheck event comes with every DWA: listened to only
+            // when something records it.
+            let wanted =
+                |kind: &EventKind| *kind != EventKind::HealthCheck || args.events.is_some() || args.plot.is_some();
+            subscriptions.extend(EVENT_KINDS.iter().filter(|k| wanted(k)).map(|&kind| {
                 let log = log.clone();
                 client.events().subscribe(kind, move |ev: &Event| log.on_event(ev))
             }));
@@ -909,6 +935,10 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::input(e.to_string()))?;
             lanes.push(Arc::new(Lane { client, group, handle: handle.clone(), origin_host }));
         }
+        // Every peer's first connection attempt concludes (open, or failed
+        // once) before the clock starts, so that connection setup is not
+        // part of the measured window (bounded: 10 s).
+        settle(&lanes, Duration::from_secs(10)).await;
         let plot_clock = plot_out.as_ref().map(|_| crate::plot::Clock::start(window));
         // A shard per lane, or per core on the multi-thread runtime.
         let shards = if args.threads.is_some() {
@@ -927,6 +957,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             live: std::io::stderr().is_terminal(),
         });
         let bar = progress_bar(window);
+        let cpu_start = proc_cpu_ticks();
         let started = Instant::now();
         let ticker = tokio::spawn(progress(ctx.clone(), bar.clone(), started));
 
@@ -950,6 +981,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
             Some(rate) => due = Some(open_loop(ctx.clone(), &lanes, rate, args.inflight, window).await),
         }
         let elapsed = started.elapsed();
+        let cpu_s = cpu_seconds(cpu_start, proc_cpu_ticks());
         ticker.abort();
         bar.finish_and_clear();
 
@@ -985,6 +1017,7 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<(), Failure> {
         let mut r = Map::new();
         r.insert("peers".into(), json!(names));
         r.insert("duration_s".into(), json!((secs * 1000.0).round() / 1000.0));
+        r.insert("cpu_s".into(), json!(cpu_s));
         r.insert("inflight".into(), json!(args.inflight));
         // Counted at submission; outcomes below are counted at completion.
         let requests = ctx.next.load(Ordering::Relaxed);

@@ -198,7 +198,7 @@ pub(crate) struct TlsArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:3868 (port 0 picks one);
-    /// HOST:P1-P2 listens on every port of the range (at most 1024), each
+    /// HOST:P1-P2 listens on every port of the range (at most 8192), each
     /// port its own node with the same identity (so one client can connect
     /// to every port; --connect, --tls-listen go with the first), and the
     /// listening line then adds "addrs" with all of them.

@@ -113,7 +113,7 @@ pub(crate) fn load_tls(tls: &TlsArgs) -> Result<Option<diam_client::TlsConfig>, 
 }
 
 /// Most addresses one `HOST:P1-P2` range may expand to.
-const MAX_RANGE: u32 = 1024;
+const MAX_RANGE: u32 = 8192;
 
 /// `HOST:P1-P2` as `(HOST, P1, P2)`, checked (1 <= P1 <= P2, at most
 /// [`MAX_RANGE`] ports); `None` when `item` is not a range (a URI, or a
@@ -162,8 +162,9 @@ pub(crate) fn parse_peers(option: &str, list: &[String]) -> Result<Vec<PeerAddr>
             None => out.push(parse_peer(option, item)?),
         }
     }
-    for (i, a) in out.iter().enumerate() {
-        if out[..i].contains(a) {
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    for a in &out {
+        if !seen.insert(a) {
             return Err(Failure::input(format!("{option}: {a} is given twice")));
         }
     }

@@ -225,7 +225,7 @@ fn a_single_port_prints_the_listening_line_as_before() {
 #[test]
 fn bad_ranges_and_bad_hold_values_exit_2() {
     for range in
-        ["127.0.0.1:0-5", "127.0.0.1:30010-30000", "127.0.0.1:40000-41024", "127.0.0.1:1-65535", "127.0.0.1:x-9"]
+        ["127.0.0.1:0-5", "127.0.0.1:30010-30000", "127.0.0.1:40000-48192", "127.0.0.1:1-65535", "127.0.0.1:x-9"]
     {
         let r = run(diam().args(["serve", "--listen", range]), 20);
         assert_eq!(r.code(), Some(2), "--listen {range}: {}", r.describe());

@@ -464,6 +464,7 @@ impl PeerTask {
             return;
         };
         self.node.agent.counters.answered.fetch_add(1, Ordering::Relaxed);
+        l.idle = false;
         let start = l.wbuf.len();
         l.wbuf.extend_from_slice(answer.as_bytes());
         l.wbuf[start + 12..start + 16].copy_from_slice(&f.hop_by_hop.to_be_bytes());
