@@ -49,8 +49,9 @@ mod relay;
 /// Most bytes gathered into one connection's write buffer; beyond it the
 /// task stops taking requests and reading until the peer has read some.
 const MAX_COALESCE: usize = 256 * 1024;
-/// Read buffer size at start, and the room kept free before each read.
-const READ_CHUNK: usize = 2 * 1024;
+/// Read buffer size at start, and the room kept free before each read
+/// (1 KiB: a CEA, a DWA or a few answers; reads that fill it double it).
+const READ_CHUNK: usize = 1024;
 /// The most a single read asks for: reads that fill their room double the
 /// next one up to this (a burst is read in few syscalls), and reads far
 /// smaller bring it back down.
@@ -217,6 +218,22 @@ pub(crate) struct TaskInit {
     pub(crate) control: mpsc::Receiver<Command>,
     pub(crate) inbound: mpsc::Receiver<Box<Inbound>>,
     pub(crate) learn: Option<mpsc::Sender<Box<Inbound>>>,
+}
+
+/// `t` rounded up to the process-wide grid of `step` when it is at least a
+/// second after `now` (see [`ConnectionConfig::timer_coalescing`]).
+///
+/// [`ConnectionConfig::timer_coalescing`]: crate::ConnectionConfig::timer_coalescing
+fn coalesce(t: Instant, now: Instant, step: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    if step.is_zero() || t < now + Duration::from_secs(1) {
+        return t;
+    }
+    let epoch = Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
+    let Some(since) = t.checked_duration_since(epoch) else { return t };
+    let step_ns = step.as_nanos();
+    let rounded = since.as_nanos().div_ceil(step_ns) * step_ns;
+    u64::try_from(rounded).map_or(t, |ns| epoch + Duration::from_nanos(ns))
 }
 
 fn local_ip(conn_local: Option<std::net::SocketAddr>) -> IpAddr {
@@ -691,7 +708,8 @@ impl PeerTask {
         self.prune_expiry();
         let now = Instant::now();
         let far = now + Duration::from_secs(3600);
-        let mut d = self.machine.poll_timeout().map_or(far, Instant::from_std);
+        let step = self.node.config.connection.timer_coalescing;
+        let mut d = self.machine.poll_timeout().map_or(far, |t| coalesce(Instant::from_std(t), now, step));
         if let Some(Reverse((t, _))) = self.expiry.peek() {
             d = d.min(*t);
         }
@@ -721,7 +739,12 @@ impl PeerTask {
         // watchdog's Tw restarts on every message) just cost one early,
         // harmless wake-up instead of a timer-wheel update per message.
         let d = d.max(now + Duration::from_micros(100));
-        if self.timer.is_elapsed() || d < self.timer.deadline() {
+        // An idle peer (only watchdog messages on its links) does move a
+        // timer later: otherwise the DWA timeout armed with each DWR would
+        // wake it once more for nothing, at two wheel updates per Tw.
+        let idle = !self.links.is_empty() && self.links.iter().all(|l| l.idle);
+        let later = idle && d > self.timer.deadline() + Duration::from_secs(1);
+        if self.timer.is_elapsed() || d < self.timer.deadline() || later {
             self.timer.as_mut().reset(d);
         }
     }
@@ -1491,5 +1514,31 @@ pub(crate) async fn read_first<S: AsyncRead + Unpin + ?Sized>(
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod coalesce_tests {
+    use super::*;
+
+    /// Timers a second or more away land on the grid, never earlier and
+    /// less than a step later; sooner ones and a zero step are untouched.
+    #[test]
+    fn long_timers_are_rounded_up_to_the_grid_and_short_ones_kept() {
+        let step = Duration::from_millis(100);
+        let now = Instant::now();
+        let mut landed = std::collections::HashSet::new();
+        for k in 0..1000u64 {
+            let t = now + Duration::from_secs(30) + Duration::from_micros(k * 997);
+            let c = coalesce(t, now, step);
+            assert!(c >= t && c - t < step, "{k}: {:?} after", c - t);
+            landed.insert(c);
+        }
+        // About 1 s of deadlines, on about 10 grid points.
+        assert!((10..=11).contains(&landed.len()), "{} grid points", landed.len());
+        let soon = now + Duration::from_millis(999);
+        assert_eq!(coalesce(soon, now, step), soon);
+        let t = now + Duration::from_secs(30) + Duration::from_micros(1);
+        assert_eq!(coalesce(t, now, Duration::ZERO), t);
     }
 }

@@ -18,6 +18,8 @@ fn config(host: &str, apps: &[u32]) -> NodeConfig {
     let mut c = NodeConfig::new(host, "test");
     c.connection.peer.auth_application_ids = apps.to_vec();
     c.connection.peer.watchdog.jitter = Duration::ZERO;
+    // These tests time the protocol's schedules to the millisecond.
+    c.connection.timer_coalescing = Duration::ZERO;
     c
 }
 

@@ -226,6 +226,50 @@ pub enum Outcome {
     Failure(ErrorCategory),
 }
 
+/// An [`Outcome`] in 8 bytes instead of 16 (a monitor per peer keeps a
+/// history of them): a success is its latency in nanoseconds (saturating
+/// at 2^63 − 1, about 292 years); a failure has the top bit set, its
+/// category in bits 32..40 and an application Result-Code in the low 32.
+#[derive(Debug, Clone, Copy)]
+struct Packed(u64);
+
+impl Packed {
+    const FAILURE: u64 = 1 << 63;
+
+    fn pack(o: Outcome) -> Packed {
+        match o {
+            Outcome::Success(d) => Packed(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).min(Self::FAILURE - 1)),
+            Outcome::Failure(c) => {
+                let (kind, code) = match c {
+                    ErrorCategory::Timeout => (0, 0),
+                    ErrorCategory::Refused => (1, 0),
+                    ErrorCategory::Reset => (2, 0),
+                    ErrorCategory::Protocol => (3, 0),
+                    ErrorCategory::Application(code) => (4, code),
+                };
+                Packed(Self::FAILURE | (kind << 32) | u64::from(code))
+            }
+        }
+    }
+
+    fn latency(self) -> Option<Duration> {
+        (self.0 & Self::FAILURE == 0).then(|| Duration::from_nanos(self.0))
+    }
+
+    fn unpack(self) -> Outcome {
+        match self.latency() {
+            Some(d) => Outcome::Success(d),
+            None => Outcome::Failure(match (self.0 >> 32) & 0xff {
+                0 => ErrorCategory::Timeout,
+                1 => ErrorCategory::Refused,
+                2 => ErrorCategory::Reset,
+                3 => ErrorCategory::Protocol,
+                _ => ErrorCategory::Application(self.0 as u32),
+            }),
+        }
+    }
+}
+
 /// A status transition, returned by the `record_*` call that caused it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HealthChange {
@@ -298,7 +342,7 @@ pub struct HealthMonitor {
     config: HealthConfig,
     status: HealthStatus,
     since: Option<Instant>,
-    history: VecDeque<Outcome>,
+    history: VecDeque<Packed>,
     total_successes: u64,
     total_failures: u64,
     consecutive_failures: u32,
@@ -397,7 +441,7 @@ impl HealthMonitor {
 
     /// The outcomes in the history, oldest first.
     pub fn history(&self) -> impl ExactSizeIterator<Item = Outcome> + '_ {
-        self.history.iter().copied()
+        self.history.iter().map(|p| p.unpack())
     }
 
     /// The mean latency of the successes in the history.
@@ -434,17 +478,14 @@ impl HealthMonitor {
     }
 
     fn latencies(&self) -> impl Iterator<Item = Duration> + '_ {
-        self.history.iter().filter_map(|o| match o {
-            Outcome::Success(latency) => Some(*latency),
-            Outcome::Failure(_) => None,
-        })
+        self.history.iter().filter_map(|p| p.latency())
     }
 
     fn push(&mut self, outcome: Outcome) {
         if self.history.len() == self.config.history {
             self.history.pop_front();
         }
-        self.history.push_back(outcome);
+        self.history.push_back(Packed::pack(outcome));
     }
 
     fn latency_status(&self) -> HealthStatus {
@@ -466,5 +507,34 @@ impl HealthMonitor {
         self.status = next;
         self.since = Some(now);
         Some(change)
+    }
+}
+
+#[cfg(test)]
+mod packed_tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_survive_packing() {
+        let all = [
+            Outcome::Success(Duration::ZERO),
+            Outcome::Success(Duration::from_nanos(1)),
+            Outcome::Success(Duration::from_micros(1234)),
+            Outcome::Success(Duration::from_secs(3600)),
+            Outcome::Failure(ErrorCategory::Timeout),
+            Outcome::Failure(ErrorCategory::Refused),
+            Outcome::Failure(ErrorCategory::Reset),
+            Outcome::Failure(ErrorCategory::Protocol),
+            Outcome::Failure(ErrorCategory::Application(0)),
+            Outcome::Failure(ErrorCategory::Application(3002)),
+            Outcome::Failure(ErrorCategory::Application(u32::MAX)),
+        ];
+        for o in all {
+            assert_eq!(Packed::pack(o).unpack(), o);
+        }
+        assert_eq!(std::mem::size_of::<Packed>(), 8);
+        // A latency beyond 2^63 ns saturates and stays a success.
+        let huge = Packed::pack(Outcome::Success(Duration::MAX));
+        assert!(huge.latency().is_some());
     }
 }
