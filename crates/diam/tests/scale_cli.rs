@@ -137,6 +137,9 @@ fn serve_on_a_port_range_and_bench_holding_a_connection_to_every_port() {
     assert!((0.0..=200.0).contains(&cpu), "{hold}");
     assert!(hold["duration_s"].as_f64().unwrap() >= 1.99, "{hold}");
     assert_eq!(r["requests"], r["answers"], "every request answered: {r}");
+    // CPU time over the traffic window: at most both cores over it.
+    let cpu_s = r["cpu_s"].as_f64().unwrap_or_else(|| panic!("cpu_s: {r}"));
+    assert!(cpu_s > 0.0 && cpu_s <= 2.0 * r["duration_s"].as_f64().unwrap() + 0.1, "{r}");
 
     let out = serve.proc.out.clone();
     let stopped = serve.stop();
@@ -255,4 +258,27 @@ fn bad_ranges_and_bad_hold_values_exit_2() {
         let r = run(diam().args(["bench", "--peer", "127.0.0.1:9", "--duration", "1", &format!("--hold={hold}")]), 20);
         assert_eq!(r.code(), Some(2), "--hold {hold}: {}", r.describe());
     }
+}
+
+/// The bench waits for every peer's first connection attempt before its
+/// clock starts, but a refused peer ends that wait at once: a 1 s run
+/// against a serving port and a closed one takes nowhere near the wait's
+/// 10 s bound, and the serving peer carries the traffic.
+#[test]
+fn bench_does_not_wait_for_a_refusing_peer() {
+    let (serve, base) = start_serve(1, |base| vec!["--listen".into(), format!("127.0.0.1:{base}")]);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let peers = format!("127.0.0.1:{base},127.0.0.1:{closed}");
+    let started = std::time::Instant::now();
+    let bench = run(diam().args(["bench", "--peer", &peers, "--duration", "1", "--json"]), 60);
+    let took = started.elapsed();
+    assert!(bench.success(), "diam bench: {}", bench.describe());
+    let r = json(bench.stdout.lines().last().expect("the report"));
+    assert!(took < Duration::from_secs(8), "the run took {took:?}: {r}");
+    let served = &r["per_peer"][format!("127.0.0.1:{base}")];
+    assert!(served["answers"].as_u64().unwrap() > 0, "{r}");
+    drop(serve);
 }
