@@ -59,14 +59,15 @@ pub struct ConnectionConfig {
     /// was enough on an idle machine, not on a loaded one (1 in 3), and a
     /// connection is set up once.
     pub inband_tls_pause: Duration,
-    /// Protocol timers at least a second away (the watchdog's Tw, reconnect
-    /// delays) fire on a process-wide grid of this step, rounded up, so
-    /// that the watchdogs of many idle connections wake the process a few
-    /// times a second together rather than each on its own (10,000 peers at
-    /// Tw 30 s would otherwise wake it over 300 times a second). Request,
-    /// write and message deadlines are never rounded. Default 100 ms (well
-    /// inside the watchdog's ±2 s jitter, RFC 3539 §3.4.1); zero turns it
-    /// off.
+    /// Protocol timers at least 6 s away (the shortest Tw RFC 3539 allows:
+    /// the watchdog's Tw and DWA timeout, long reconnect delays) fire on a
+    /// process-wide grid of this step, rounded up, so that the watchdogs of
+    /// many idle connections wake the process twice a second together
+    /// rather than each on its own (10,000 peers at Tw 30 s would otherwise
+    /// wake it over 300 times a second). CER timeouts, early reconnects and
+    /// request, write and message deadlines are never rounded. Default
+    /// 500 ms (inside the watchdog's ±2 s jitter, RFC 3539 §3.4.1); zero
+    /// turns it off.
     pub timer_coalescing: Duration,
 }
 
@@ -84,7 +85,7 @@ impl Default for ConnectionConfig {
             nodelay: true,
             message_timeout: Duration::from_secs(10),
             inband_tls_pause: Duration::from_millis(50),
-            timer_coalescing: Duration::from_millis(100),
+            timer_coalescing: Duration::from_millis(500),
         }
     }
 }
