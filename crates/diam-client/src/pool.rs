@@ -695,23 +695,39 @@ fn sweep_interval(c: &PoolConfig) -> Duration {
     d
 }
 
-/// Idle closures, lifetime rotation, and the traffic totals for the
-/// `metrics` facade, once per sweep: each pass walks every entry, so it
-/// runs at the sweep's pace (the health-check interval, 30 s by default,
-/// one watchdog interval) and never more often, however many peers.
+/// Pools of at most this many addresses publish their traffic totals every
+/// second; larger ones once per sweep.
+const PUBLISH_EVERY_SECOND_UP_TO: usize = 64;
+
+/// Idle closures and lifetime rotation once per sweep (the health-check
+/// interval, 30 s by default, one watchdog interval), and the traffic
+/// totals for the `metrics` facade. Both walk every entry: the totals are
+/// published every second for a small pool (at most
+/// [`PUBLISH_EVERY_SECOND_UP_TO`] addresses), once per sweep for a larger
+/// one, so that no pass over many peers runs more often than the sweep.
 async fn sweep_loop(pool: Weak<Inner>) {
     let (interval, mut shutdown) = match pool.upgrade() {
         Some(p) => (sweep_interval(&p.config), p.shutdown.subscribe()),
         None => return,
     };
+    let second = Duration::from_secs(1).min(interval);
+    let mut next_sweep = Instant::now() + interval;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(second) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let Some(pool) = pool.upgrade() else { return };
-        publish_metrics(&AddressClient { inner: pool.clone() }.stats());
-        sweep(&pool);
+        let due = Instant::now() >= next_sweep;
+        let small =
+            pool.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner).len() <= PUBLISH_EVERY_SECOND_UP_TO;
+        if due || small {
+            publish_metrics(&AddressClient { inner: pool.clone() }.stats());
+        }
+        if due {
+            sweep(&pool);
+            next_sweep = Instant::now() + interval;
+        }
     }
 }
 

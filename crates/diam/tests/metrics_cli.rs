@@ -96,3 +96,29 @@ fn metrics_address_must_be_an_address() {
     let f = run(diam().args(["serve", "--listen", "127.0.0.1:0", "--metrics", "nonsense"]), 30);
     assert_eq!(f.code(), Some(2), "{}", f.describe());
 }
+
+/// `diam bench --metrics`: a small pool publishes its traffic totals while
+/// the run goes on (every second), not only at its 30 s sweep.
+#[test]
+fn bench_exports_pool_totals_during_the_run() {
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (serve, addr) = start_serve(&["--origin-host", "metrics.test"]);
+    let mut cmd = diam();
+    cmd.args(["bench", "--peer", &addr.to_string(), "--duration", "6", "--inflight", "4", "--json"])
+        .args(["--metrics", &metrics_addr.to_string()]);
+    let bench = Proc::spawn("bench", &cmd, false).expect("starting diam bench");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sent = loop {
+        let body = scrape(metrics_addr).unwrap_or_default();
+        if let Some(n) = sample(&body, "diam_pool_messages_sent_total").filter(|&n| n > 0.0) {
+            break n;
+        }
+        if Instant::now() >= deadline {
+            panic!("no diam_pool_messages_sent_total within 5 s; last scrape:\n{body}\n{}", bench.dump());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(sent > 0.0);
+    drop(bench);
+    drop(serve);
+}
