@@ -239,9 +239,9 @@ fn coalesce(t: Instant, now: Instant, step: Duration) -> Instant {
     }
     let epoch = Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
     let Some(since) = t.checked_duration_since(epoch) else { return t };
-    let step_ns = step.as_nanos();
-    let rounded = since.as_nanos().div_ceil(step_ns) * step_ns;
-    u64::try_from(rounded).map_or(t, |ns| epoch + Duration::from_nanos(ns))
+    // Nanoseconds fit u64 for 584 years; the step is at most 1 s.
+    let (Ok(since), Ok(step)) = (u64::try_from(since.as_nanos()), u64::try_from(step.as_nanos())) else { return t };
+    epoch + Duration::from_nanos(since.div_ceil(step) * step)
 }
 
 fn local_ip(conn_local: Option<std::net::SocketAddr>) -> IpAddr {

@@ -39,7 +39,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use diam_client::{AddressClient, Error, GroupConfig, PeerAddr, PeerGroup, PoolConfig, PoolFailure};
+use diam_client::{AddressClient, Error, GroupConfig, PeerAddr, PeerGroup, PeerState, PoolConfig, PoolFailure};
 use diam_link::breaker::BreakerEvent;
 use diam_link::events::{DisconnectReason, Event, EventData, EventKind, Subscription};
 use diam_link::failover::{FailoverConfig, FailoverEvent};
@@ -688,7 +688,7 @@ async fn settle(lanes: &[Arc<Lane>], limit: Duration) {
     loop {
         let settled = lanes
             .iter()
-            .all(|l| l.group.reconnection_statistics().iter().all(|m| m.open || m.failed_establishments > 0));
+            .all(|l| l.group.members().iter().all(|p| p.state() == PeerState::Open || p.stats().failed_attempts > 0));
         if settled || Instant::now() >= until {
             return;
         }
