@@ -190,6 +190,8 @@ pub(crate) struct PeerTask {
     handlers: JoinSet<Response>,
     handler_requests: HashMap<tokio::task::Id, (LinkId, Message)>,
     timer: Pin<Box<Sleep>>,
+    /// The machine's watchdog deadline and where it lies on the timer grid.
+    watchdog_grid: Option<(std::time::Instant, Instant)>,
     closing: Option<Closing>,
     draining: Vec<(LinkId, Instant)>,
     first_up: bool,
@@ -232,12 +234,19 @@ pub(crate) struct TaskInit {
 ///
 /// [`ConnectionConfig::timer_coalescing`]: crate::ConnectionConfig::timer_coalescing
 fn coalesce(t: Instant, now: Instant, step: Duration) -> Instant {
-    // The grid's origin: the first use in the process.
+    // The grid's origin: a whole second of the wall clock, read at the
+    // first use in the process. Processes on one machine (a client and its
+    // servers) then share the grid: each wakes when the others send, and
+    // finds them awake when it sends.
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     if step.is_zero() || t < now + COALESCE_FROM {
         return t;
     }
-    let epoch = Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
+    let epoch = Instant::from_std(*EPOCH.get_or_init(|| {
+        let now = std::time::Instant::now();
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        now.checked_sub(Duration::from_nanos(wall.subsec_nanos().into())).unwrap_or(now)
+    }));
     let Some(since) = t.checked_duration_since(epoch) else { return t };
     // Nanoseconds fit u64 for 584 years; the step is at most 1 s.
     let (Ok(since), Ok(step)) = (u64::try_from(since.as_nanos()), u64::try_from(step.as_nanos())) else { return t };
@@ -282,6 +291,7 @@ impl PeerTask {
             handlers: JoinSet::new(),
             handler_requests: HashMap::new(),
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            watchdog_grid: None,
             closing: None,
             draining: Vec::new(),
             first_up: true,
@@ -717,7 +727,23 @@ impl PeerTask {
         let now = Instant::now();
         let far = now + Duration::from_secs(3600);
         let step = self.node.config.connection.timer_coalescing;
-        let mut d = self.machine.poll_timeout().map_or(far, |t| coalesce(Instant::from_std(t), now, step));
+        let (watchdog, other) = self.machine.poll_timeouts();
+        let mut d = other.map_or(far, |t| coalesce(Instant::from_std(t), now, step));
+        if let Some(t) = watchdog {
+            // Rounded once, when the deadline is new (it is then a whole Tw
+            // away): a deadline first seen late (the task woke for an older
+            // one that traffic had since moved) still lands on the grid,
+            // with the other peers', instead of waking on its own.
+            let rounded = match self.watchdog_grid {
+                Some((raw, rounded)) if raw == t => rounded,
+                _ => {
+                    let rounded = coalesce(Instant::from_std(t), now, step);
+                    self.watchdog_grid = Some((t, rounded));
+                    rounded
+                }
+            };
+            d = d.min(rounded);
+        }
         if let Some(Reverse((t, _))) = self.expiry.peek() {
             d = d.min(*t);
         }

@@ -840,15 +840,14 @@ impl PeerGroup {
             ),
             next_probe_seed: AtomicUsize::new(0),
         });
-        for i in 0..inner.members.len() {
-            inner.members[i].peer.connect();
-            tokio::spawn(watch_member(
-                Arc::downgrade(&inner),
-                i,
-                inner.members[i].peer.changes(),
-                inner.shutdown.subscribe(),
-            ));
+        // One task watches every member: members queue their changes for it.
+        let changes = Arc::new(MemberChanges::new(inner.members.len()));
+        for (i, m) in inner.members.iter().enumerate() {
+            let observer: Weak<MemberChanges> = Arc::downgrade(&changes);
+            m.peer.observe(observer, i);
+            m.peer.connect();
         }
+        tokio::spawn(watch_members(Arc::downgrade(&inner), changes, inner.shutdown.subscribe()));
         tokio::spawn(timer(Arc::downgrade(&inner), inner.rearm.clone(), inner.shutdown.subscribe()));
         Ok(PeerGroup { inner })
     }
@@ -1661,21 +1660,59 @@ fn drain_failover(f: &mut Failover, out: &mut Pending) {
 }
 
 /// Follows one member's peer and reports every change to the group.
-async fn watch_member(
-    group: Weak<GroupInner>,
-    member: usize,
-    mut changes: watch::Receiver<u64>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        changes.borrow_and_update();
-        {
-            let Some(g) = group.upgrade() else { return };
+/// The members whose peer changed since the watcher last looked, each
+/// queued at most once (so the queue is bounded by the members).
+struct MemberChanges {
+    queued: Vec<AtomicBool>,
+    dirty: Mutex<Vec<usize>>,
+    wake: Notify,
+}
+
+impl MemberChanges {
+    fn new(members: usize) -> MemberChanges {
+        MemberChanges {
+            queued: (0..members).map(|_| AtomicBool::new(false)).collect(),
+            dirty: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl crate::handle::Observer for MemberChanges {
+    fn changed(&self, member: usize) {
+        let Some(queued) = self.queued.get(member) else { return };
+        if !queued.swap(true, Ordering::AcqRel) {
+            lock(&self.dirty).push(member);
+            // Stores a permit when the watcher is busy: no change is lost.
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Observes each member once, then every member whose peer changed (its
+/// state, or a watchdog answer), in batches: one task for the whole group,
+/// woken once for all the changes that came in since it last ran.
+async fn watch_members(group: Weak<GroupInner>, changes: Arc<MemberChanges>, mut shutdown: watch::Receiver<bool>) {
+    {
+        let Some(g) = group.upgrade() else { return };
+        for member in 0..g.members.len() {
             g.observe(member);
         }
+    }
+    let mut batch = Vec::new();
+    loop {
         tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
+            () = changes.wake.notified() => {}
             _ = shutdown.wait_for(|s| *s) => return,
+        }
+        std::mem::swap(&mut batch, &mut *lock(&changes.dirty));
+        let Some(g) = group.upgrade() else { return };
+        for member in batch.drain(..) {
+            // Cleared first (and with acquire, to see what the peer wrote
+            // before it queued us): a change made while we observe queues
+            // the member again.
+            changes.queued[member].swap(false, Ordering::AcqRel);
+            g.observe(member);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -168,6 +168,12 @@ pub(crate) struct LinkMeta {
 }
 
 /// State shared between the peer task and its handles.
+/// Hears of a peer's changes (state, watchdog answers) as they happen, on
+/// the peer's task: it must only take note and wake its own task.
+pub(crate) trait Observer: Send + Sync {
+    fn changed(&self, key: usize);
+}
+
 pub(crate) struct PeerShared {
     pub(crate) id: ConnectionId,
     /// The identity (once known) or the dial address: for events and logs.
@@ -185,6 +191,9 @@ pub(crate) struct PeerShared {
     state: AtomicU8,
     /// Bumped on every change handles may wait for (state, watchdog answers).
     changes: watch::Sender<u64>,
+    /// Told of the same changes, each with its own key: the groups this
+    /// peer is a member of (one task per group, not per member).
+    observers: Mutex<Vec<(Weak<dyn Observer>, usize)>>,
     pub(crate) info: Mutex<Option<Arc<PeerInfo>>>,
     pub(crate) link: Mutex<Option<LinkMeta>>,
     /// What TLS negotiated on the open connection, if it is TLS.
@@ -248,6 +257,7 @@ impl PeerShared {
             events: init.events,
             state: AtomicU8::new(PeerState::Disconnected.index() as u8),
             changes: watch::channel(0).0,
+            observers: Mutex::new(Vec::new()),
             info: Mutex::new(None),
             link: Mutex::new(None),
             tls: Mutex::new(None),
@@ -277,9 +287,28 @@ impl PeerShared {
         self.changed();
     }
 
-    /// Wakes whoever waits for a change.
+    /// Wakes whoever waits for a change, and tells the observers.
     pub(crate) fn changed(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        let mut observers = lock(&self.observers);
+        let mut gone = false;
+        for (observer, key) in observers.iter() {
+            match observer.upgrade() {
+                Some(o) => o.changed(*key),
+                None => gone = true,
+            }
+        }
+        if gone {
+            observers.retain(|(o, _)| o.strong_count() > 0);
+        }
+    }
+
+    /// Tells `observer` of every later change, with `key`, until it is
+    /// dropped.
+    pub(crate) fn observe(&self, observer: Weak<dyn Observer>, key: usize) {
+        let mut observers = lock(&self.observers);
+        observers.retain(|(o, _)| o.strong_count() > 0);
+        observers.push((observer, key));
     }
 
     pub(crate) fn label(&self) -> Arc<str> {
@@ -712,9 +741,9 @@ impl PeerHandle {
         self.shared.max_pending.saturating_sub(self.shared.permits.available_permits())
     }
 
-    /// A receiver that changes whenever the peer's state does, or a watchdog
-    /// answer arrives.
-    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
-        self.shared.changes.subscribe()
+    /// Tells `observer` whenever the peer's state changes or a watchdog
+    /// answer arrives, with `key`.
+    pub(crate) fn observe(&self, observer: Weak<dyn Observer>, key: usize) {
+        self.shared.observe(observer, key);
     }
 }

@@ -1457,9 +1457,22 @@ impl PeerMachine {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let (watchdog, other) = self.poll_timeouts();
+        watchdog.into_iter().chain(other).min()
+    }
+
+    /// [`poll_timeout`](Self::poll_timeout) in two parts: the watchdog's
+    /// deadline (Tw or the DWA timeout), and the earliest of all the others
+    /// (capabilities exchange, DPA wait, reconnect).
+    ///
+    /// Tw is jittered by ±2 s (RFC 3539 §3.4.1), so a driver may fire the
+    /// watchdog's deadline a little late to wake many peers together; the
+    /// other deadlines are meant to be kept as they are.
+    #[must_use]
+    pub fn poll_timeouts(&self) -> (Option<Instant>, Option<Instant>) {
         let links = self.links.iter().filter_map(|l| l.deadline);
         let watchdog = self.active.and(self.watchdog.poll_timeout());
-        links.chain(watchdog).chain(self.reconnect_at).min()
+        (watchdog, links.chain(self.reconnect_at).min())
     }
 
     // ---- message building --------------------------------------------------
