@@ -1575,4 +1575,23 @@ mod coalesce_tests {
         let t = now + Duration::from_secs(30) + Duration::from_micros(1);
         assert_eq!(coalesce(t, now, Duration::ZERO), t);
     }
+
+    /// The grid lies on the wall clock's half seconds, in every process, so
+    /// that a client and its servers on one machine wake together.
+    #[test]
+    fn the_grid_is_aligned_on_the_wall_clock() {
+        let step = Duration::from_millis(500);
+        for k in 0..20u64 {
+            let now = Instant::now();
+            let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+            let t = now + Duration::from_secs(30) + Duration::from_millis(k * 37);
+            let c = coalesce(t, now, step);
+            // The wall-clock time of `c`, in nanoseconds past its half second
+            // (the two clocks are read a moment apart: allow 5 ms).
+            let at = wall + (c - now);
+            let off = u64::from(at.subsec_nanos()) % 500_000_000;
+            let off = off.min(500_000_000 - off);
+            assert!(off < 5_000_000, "{k}: {off} ns off the grid");
+        }
+    }
 }

@@ -1745,3 +1745,30 @@ async fn timer(group: Weak<GroupInner>, rearm: Arc<Notify>, mut shutdown: watch:
         }
     }
 }
+
+#[cfg(test)]
+mod member_changes_tests {
+    use super::*;
+    use crate::handle::Observer;
+
+    /// A member is queued once however often it changes before the watcher
+    /// looks (the queue is bounded by the members), again once the watcher
+    /// has taken it, and a key beyond the members is ignored.
+    #[test]
+    fn each_member_is_queued_at_most_once() {
+        let c = MemberChanges::new(3);
+        for _ in 0..100 {
+            c.changed(1);
+            c.changed(2);
+        }
+        c.changed(7);
+        assert_eq!(*lock(&c.dirty), vec![1, 2]);
+        // The watcher takes the batch and clears the flags as it observes.
+        let batch = std::mem::take(&mut *lock(&c.dirty));
+        for m in batch {
+            assert!(c.queued[m].swap(false, Ordering::AcqRel));
+        }
+        c.changed(2);
+        assert_eq!(*lock(&c.dirty), vec![2]);
+    }
+}

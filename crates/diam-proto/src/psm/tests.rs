@@ -203,6 +203,8 @@ fn cea_failures_timeouts_and_wrong_identity_close_the_link() {
     let link = dial_of(&events(&mut m));
     m.handle_dialled(link, LOCAL, t0);
     assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    // The CER timeout is not the watchdog's: a driver must keep it exactly.
+    assert_eq!(m.poll_timeouts(), (None, Some(t0 + Duration::from_secs(5))));
     m.handle_timeout(t0 + Duration::from_secs(5));
     assert!(events(&mut m).contains(&Event::CloseLink { link, reason: CloseReason::HandshakeTimeout }));
     // Traffic before the CEA is a protocol error.
@@ -894,6 +896,8 @@ fn first_dwrs_of_peers_opened_together_are_spread_then_tw_plus_minus_jitter() {
         let link = open_outbound(&mut m, t0);
         assert!(transmits(&mut m).is_empty());
         let due = m.poll_timeout().expect("the watchdog is armed");
+        // Open and idle: the only deadline is the watchdog's.
+        assert_eq!(m.poll_timeouts(), (Some(due), None), "seed {seed}");
         let d = due - t0;
         assert!((lo..=hi).contains(&d), "seed {seed}: first DWR after {d:?}");
         buckets[((d - lo).as_millis() / 100) as usize] += 1;
