@@ -1659,7 +1659,6 @@ fn drain_failover(f: &mut Failover, out: &mut Pending) {
     }
 }
 
-/// Follows one member's peer and reports every change to the group.
 /// The members whose peer changed since the watcher last looked, each
 /// queued at most once (so the queue is bounded by the members).
 struct MemberChanges {

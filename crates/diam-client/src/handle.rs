@@ -167,13 +167,13 @@ pub(crate) struct LinkMeta {
     pub(crate) remote: Option<SocketAddr>,
 }
 
-/// State shared between the peer task and its handles.
 /// Hears of a peer's changes (state, watchdog answers) as they happen, on
 /// the peer's task: it must only take note and wake its own task.
 pub(crate) trait Observer: Send + Sync {
     fn changed(&self, key: usize);
 }
 
+/// State shared between the peer task and its handles.
 pub(crate) struct PeerShared {
     pub(crate) id: ConnectionId,
     /// The identity (once known) or the dial address: for events and logs.
