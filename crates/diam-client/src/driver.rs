@@ -40,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 use crate::events::{Election, PeerDown, PeerFailure, PeerRestarted, PeerUp, WatchdogChange};
 use crate::handle::{lock, Command, LinkMeta, PeerShared, Relayed, ReplyTo, Unanswered};
 use crate::node::NodeShared;
+use crate::timer_grid::Slot;
 use crate::tls::{accept_tls, connect_tls, Rewind, TlsInfo};
 use crate::transport::{BoxFuture, BoxStream, Connection, TransportKind};
 use crate::{Error, Response};
@@ -189,9 +190,16 @@ pub(crate) struct PeerTask {
     expiry: BinaryHeap<Reverse<(Instant, u32)>>,
     handlers: JoinSet<Response>,
     handler_requests: HashMap<tokio::task::Id, (LinkId, Message)>,
+    /// Every deadline but those on the grid.
     timer: Pin<Box<Sleep>>,
-    /// The machine's watchdog deadline and where it lies on the timer grid.
-    watchdog_grid: Option<(std::time::Instant, Instant)>,
+    /// The machine's watchdog deadline, and its point on the timer grid
+    /// when it lies far enough to be rounded.
+    watchdog_grid: Option<(std::time::Instant, Option<Instant>)>,
+    /// This peer's place on the node's [`TimerGrid`](crate::TimerGrid), the point it wants
+    /// (set with the timer) and the point it is registered at.
+    grid_slot: Arc<Slot>,
+    grid_want: Option<Instant>,
+    grid_at: Option<Instant>,
     closing: Option<Closing>,
     draining: Vec<(LinkId, Instant)>,
     first_up: bool,
@@ -234,23 +242,29 @@ pub(crate) struct TaskInit {
 ///
 /// [`ConnectionConfig::timer_coalescing`]: crate::ConnectionConfig::timer_coalescing
 fn coalesce(t: Instant, now: Instant, step: Duration) -> Instant {
+    grid_point(t, now, step).unwrap_or(t)
+}
+
+/// The grid point `t` is rounded up to, if it lies far enough (at least
+/// [`COALESCE_FROM`] after `now`) and the grid is on.
+fn grid_point(t: Instant, now: Instant, step: Duration) -> Option<Instant> {
     // The grid's origin: a whole second of the wall clock, read at the
     // first use in the process. Processes on one machine (a client and its
     // servers) then share the grid: each wakes when the others send, and
     // finds them awake when it sends.
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     if step.is_zero() || t < now + COALESCE_FROM {
-        return t;
+        return None;
     }
     let epoch = Instant::from_std(*EPOCH.get_or_init(|| {
         let now = std::time::Instant::now();
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         now.checked_sub(Duration::from_nanos(wall.subsec_nanos().into())).unwrap_or(now)
     }));
-    let Some(since) = t.checked_duration_since(epoch) else { return t };
+    let since = t.checked_duration_since(epoch)?;
     // Nanoseconds fit u64 for 584 years; the step is at most 1 s.
-    let (Ok(since), Ok(step)) = (u64::try_from(since.as_nanos()), u64::try_from(step.as_nanos())) else { return t };
-    epoch + Duration::from_nanos(since.div_ceil(step) * step)
+    let (Ok(since), Ok(step)) = (u64::try_from(since.as_nanos()), u64::try_from(step.as_nanos())) else { return None };
+    Some(epoch + Duration::from_nanos(since.div_ceil(step) * step))
 }
 
 fn local_ip(conn_local: Option<std::net::SocketAddr>) -> IpAddr {
@@ -292,6 +306,9 @@ impl PeerTask {
             handler_requests: HashMap::new(),
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             watchdog_grid: None,
+            grid_slot: Arc::new(Slot::default()),
+            grid_want: None,
+            grid_at: None,
             closing: None,
             draining: Vec::new(),
             first_up: true,
@@ -437,7 +454,8 @@ impl PeerTask {
                 }
             }
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        let grid_due = self.poll_grid(cx);
+        if self.timer.as_mut().poll(cx).is_ready() || grid_due {
             self.on_timer(Instant::now());
             progress = true;
         }
@@ -725,62 +743,103 @@ impl PeerTask {
     fn arm_timer(&mut self) {
         self.prune_expiry();
         let now = Instant::now();
-        let far = now + Duration::from_secs(3600);
         let step = self.node.config.connection.timer_coalescing;
         let (watchdog, other) = self.machine.poll_timeouts();
-        let mut d = other.map_or(far, |t| coalesce(Instant::from_std(t), now, step));
+        let mut d = other.map(|t| coalesce(Instant::from_std(t), now, step));
+        let soonest = |d: Option<Instant>, t: Instant| Some(d.map_or(t, |d| d.min(t)));
+        self.grid_want = None;
         if let Some(t) = watchdog {
-            // Rounded once, when the deadline is new (it is then a whole Tw
+            // Placed once, when the deadline is new (it is then a whole Tw
             // away): a deadline first seen late (the task woke for an older
             // one that traffic had since moved) still lands on the grid,
             // with the other peers', instead of waking on its own.
-            let rounded = match self.watchdog_grid {
-                Some((raw, rounded)) if raw == t => rounded,
+            let point = match self.watchdog_grid {
+                Some((raw, point)) if raw == t => point,
                 _ => {
-                    let rounded = coalesce(Instant::from_std(t), now, step);
-                    self.watchdog_grid = Some((t, rounded));
-                    rounded
+                    let point = grid_point(Instant::from_std(t), now, step);
+                    self.watchdog_grid = Some((t, point));
+                    point
                 }
             };
-            d = d.min(rounded);
+            match point {
+                Some(p) => self.grid_want = Some(p),
+                None => d = soonest(d, Instant::from_std(t)),
+            }
         }
         if let Some(Reverse((t, _))) = self.expiry.peek() {
-            d = d.min(*t);
+            d = soonest(d, *t);
         }
         if let Some(t) = self.next_forward_expiry() {
-            d = d.min(t);
+            d = soonest(d, t);
         }
         let wt = self.node.config.connection.write_timeout;
         let mt = self.node.config.connection.message_timeout;
         for l in &self.links {
             if let Some(t) = l.write_wait {
-                d = d.min(t + wt);
+                d = soonest(d, t + wt);
             }
             if let Some(t) = l.partial_since {
-                d = d.min(t + mt);
+                d = soonest(d, t + mt);
             }
         }
         if let Some(c) = &self.closing {
             if !c.dpr_sent {
-                d = d.min(c.drain_until);
+                d = soonest(d, c.drain_until);
             }
         }
         for (_, t) in &self.draining {
-            d = d.min(*t);
+            d = soonest(d, *t);
         }
+        let Some(d) = d else {
+            // Nothing but the grid: a timer that fired is put far away
+            // (polled again, it would be ready at once); one still pending
+            // stays, and costs at most one early wake-up.
+            if self.timer.is_elapsed() {
+                self.timer.as_mut().reset(now + Duration::from_secs(3600));
+            }
+            return;
+        };
         // Never re-arm in the past: that would spin. Re-arm only when the
-        // next deadline comes sooner: deadlines that move later (the
-        // watchdog's Tw restarts on every message) just cost one early,
-        // harmless wake-up instead of a timer-wheel update per message.
+        // next deadline comes sooner: deadlines that move later just cost
+        // one early, harmless wake-up instead of a timer-wheel update.
         let d = d.max(now + Duration::from_micros(100));
         // An idle peer (only watchdog messages on its links) does move a
-        // timer later: otherwise the DWA timeout armed with each DWR would
-        // wake it once more for nothing, at two wheel updates per Tw.
+        // timer later: it would otherwise wake once more for nothing.
         let idle = !self.links.is_empty() && self.links.iter().all(|l| l.idle);
         let later = idle && d > self.timer.deadline() + Duration::from_secs(1);
         if self.timer.is_elapsed() || d < self.timer.deadline() || later {
             self.timer.as_mut().reset(d);
         }
+    }
+
+    /// Puts the point [`arm_timer`](Self::arm_timer) chose on the grid
+    /// (with this task's waker), or takes the peer off it. A point that
+    /// moved later stays registered while the peer has traffic (its
+    /// watchdog restarts with every message: it wakes once at the old
+    /// point and registers the new one then); an idle peer, which moves it
+    /// once per Tw, registers the new one at once.
+    fn poll_grid(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(at) = self.grid_at {
+            if Instant::now() >= at {
+                self.grid_at = None;
+                return true;
+            }
+        }
+        match (self.grid_want, self.grid_at) {
+            (None, Some(_)) => {
+                self.grid_slot.cancel();
+                self.grid_at = None;
+            }
+            (Some(want), at) if at != Some(want) => {
+                let idle = !self.links.is_empty() && self.links.iter().all(|l| l.idle);
+                if at.is_none_or(|at| want < at || idle) {
+                    self.node.grid.register(&self.grid_slot, want, cx.waker());
+                    self.grid_at = Some(want);
+                }
+            }
+            _ => {}
+        }
+        false
     }
 
     fn on_timer(&mut self, now: Instant) {
@@ -1476,6 +1535,7 @@ impl PeerTask {
 
     /// Completes everything that still waits on this peer.
     fn finish(mut self) {
+        self.grid_slot.cancel();
         let error = lock(&self.shared.last_error).clone().unwrap_or(Error::Closed);
         for (_, p) in self.pending.drain() {
             p.reply.send(Err(Unanswered { error: error.clone(), written: Some(p.end_to_end) }));

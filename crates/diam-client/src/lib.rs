@@ -93,6 +93,7 @@ mod limits;
 mod node;
 mod pool;
 mod router;
+mod timer_grid;
 pub mod tls;
 pub mod transport;
 
@@ -109,6 +110,7 @@ pub use handler::{handler_fn, sync_handler_fn, Handler, HandlerFuture, Response}
 pub use node::{Authorizer, Node, NodeBuilder};
 pub use pool::{AddressClient, ConnectionSnapshot, PoolConfig, PoolFailure, PoolStats};
 pub use router::Router;
+pub use timer_grid::TimerGrid;
 pub use tls::{TlsAcceptor, TlsConfig, TlsConnector, TlsError, TlsHandle, TlsInfo};
 pub use transport::{Acceptor, Connection, Connector, TcpAcceptor, TcpConnector, TransportKind};
 

@@ -23,7 +23,7 @@ use crate::handle::{lock, PeerHandle, PeerShared, SharedInit};
 use crate::limits::{BufferBudget, ConnectionLimits, Guarded};
 use crate::tls::{TlsAcceptor, TlsConfig, TlsConnector, TlsHandle};
 use crate::transport::{Acceptor, BoxFuture, Connection, Connector, TcpAcceptor, TcpConnector};
-use crate::{Error, Handler, NodeConfig};
+use crate::{Error, Handler, NodeConfig, TimerGrid};
 
 /// Decides whether a peer that is not configured may connect: it gets the
 /// CER's capabilities and the remote socket address.
@@ -85,6 +85,8 @@ pub(crate) struct NodeShared {
     pub(crate) budget: Arc<BufferBudget>,
     /// Routing table and forwarding state (agents).
     pub(crate) agent: Arc<crate::agent::Agent>,
+    /// The peers' deadlines on the coalescing grid.
+    pub(crate) grid: TimerGrid,
 }
 
 /// An entry of the allow-list: an exact DiameterIdentity, or `*.domain`
@@ -431,6 +433,7 @@ pub struct NodeBuilder {
     events: Option<EventDispatcher>,
     tls: Option<TlsConfig>,
     allow: Vec<String>,
+    grid: Option<TimerGrid>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -496,6 +499,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Keeps the peers' deadlines on the coalescing grid (their watchdogs)
+    /// in `grid` instead of a grid of the node's own: nodes whose peers run
+    /// on one runtime can share one task and one timer (see [`TimerGrid`]).
+    pub fn timer_grid(mut self, grid: TimerGrid) -> Self {
+        self.grid = Some(grid);
+        self
+    }
+
     /// Validates the configuration and builds the node. Must be called
     /// inside a tokio runtime.
     pub fn build(self) -> Result<Node, Error> {
@@ -539,6 +550,7 @@ impl NodeBuilder {
             limits,
             budget,
             agent,
+            grid: self.grid.unwrap_or_default(),
         });
         Ok(Node { owner: Arc::new(Owner { shared }) })
     }
@@ -556,6 +568,7 @@ impl Node {
             events: None,
             tls: None,
             allow: Vec::new(),
+            grid: None,
         }
     }
 

@@ -542,33 +542,7 @@ impl AddressClient {
 
     /// Counters of the whole pool.
     pub fn stats(&self) -> PoolStats {
-        let c = &self.inner.counters;
-        let entries: Vec<Arc<Entry>> = self.inner.snapshot();
-        let mut traffic = *lock(&c.retired);
-        for e in &entries {
-            add_stats(&mut traffic, &e.peer.stats());
-        }
-        let mut errors_by_kind: Vec<_> = lock(&c.errors_by_kind).iter().map(|(k, v)| (*k, *v)).collect();
-        errors_by_kind.sort_unstable();
-        PoolStats {
-            requests: c.requests.load(Ordering::Relaxed),
-            answers: c.answers.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            timeouts: c.timeouts.load(Ordering::Relaxed),
-            errors_by_kind,
-            active_connections: entries.len() as u64,
-            entries_created: c.created.load(Ordering::Relaxed),
-            connections_created: traffic.connections_opened,
-            failed_attempts: traffic.failed_attempts,
-            connections_lost: traffic.downs,
-            connections_closed: c.closed.load(Ordering::Relaxed),
-            idle_closures: c.idle_closures.load(Ordering::Relaxed),
-            lifetime_expirations: c.lifetime_expirations.load(Ordering::Relaxed),
-            messages_sent: traffic.messages_sent,
-            messages_received: traffic.messages_received,
-            bytes_sent: traffic.bytes_sent,
-            bytes_received: traffic.bytes_received,
-        }
+        self.inner.stats_over(&self.inner.snapshot())
     }
 
     /// Number of addresses with an entry (open, connecting or reconnecting).
@@ -648,6 +622,36 @@ pub(crate) fn add_stats(total: &mut PeerStats, s: &PeerStats) {
 }
 
 impl Inner {
+    /// The pool's statistics, with the traffic of `entries` (a snapshot).
+    fn stats_over(&self, entries: &[Arc<Entry>]) -> PoolStats {
+        let c = &self.counters;
+        let mut traffic = *lock(&c.retired);
+        for e in entries {
+            add_stats(&mut traffic, &e.peer.stats());
+        }
+        let mut errors_by_kind: Vec<_> = lock(&c.errors_by_kind).iter().map(|(k, v)| (*k, *v)).collect();
+        errors_by_kind.sort_unstable();
+        PoolStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            answers: c.answers.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            errors_by_kind,
+            active_connections: entries.len() as u64,
+            entries_created: c.created.load(Ordering::Relaxed),
+            connections_created: traffic.connections_opened,
+            failed_attempts: traffic.failed_attempts,
+            connections_lost: traffic.downs,
+            connections_closed: c.closed.load(Ordering::Relaxed),
+            idle_closures: c.idle_closures.load(Ordering::Relaxed),
+            lifetime_expirations: c.lifetime_expirations.load(Ordering::Relaxed),
+            messages_sent: traffic.messages_sent,
+            messages_received: traffic.messages_received,
+            bytes_sent: traffic.bytes_sent,
+            bytes_received: traffic.bytes_received,
+        }
+    }
+
     fn snapshot(&self) -> Vec<Arc<Entry>> {
         self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
     }
@@ -722,11 +726,13 @@ async fn sweep_loop(pool: Weak<Inner>) {
         let small =
             pool.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner).len() <= PUBLISH_EVERY_SECOND_UP_TO;
         if due || small {
-            publish_metrics(&AddressClient { inner: pool.clone() }.stats());
-        }
-        if due {
-            sweep(&pool);
-            next_sweep = Instant::now() + interval;
+            // One snapshot for both passes.
+            let entries = pool.snapshot();
+            publish_metrics(&pool.stats_over(&entries));
+            if due {
+                sweep(&pool, entries);
+                next_sweep = Instant::now() + interval;
+            }
         }
     }
 }
@@ -743,9 +749,9 @@ fn publish_metrics(s: &PoolStats) {
     metrics::gauge!("diam_pool_active_connections").set(s.active_connections as f64);
 }
 
-fn sweep(pool: &Arc<Inner>) {
+fn sweep(pool: &Arc<Inner>, entries: Vec<Arc<Entry>>) {
     let c = &pool.config;
-    for entry in pool.snapshot() {
+    for entry in entries {
         let peer = &entry.peer;
         let idle = !c.idle_timeout.is_zero()
             && !entry.pinned.load(Ordering::Relaxed)

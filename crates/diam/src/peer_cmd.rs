@@ -455,9 +455,13 @@ pub(crate) fn serve(args: &ServeArgs, matches: &clap::ArgMatches) -> Result<(), 
             let lane_totals = Arc::new(ServeTotals::default());
             totals.push(lane_totals.clone());
             let handler = serve_handler(answer.clone(), metrics.clone(), lane_totals);
+            // The lane's nodes share one timer for their watchdogs.
+            let grid = diam_client::TimerGrid::new();
             for addr in addrs.iter_mut() {
-                let mut builder =
-                    Node::builder(node_config.clone()).default_handler(handler.clone()).events(events.clone());
+                let mut builder = Node::builder(node_config.clone())
+                    .default_handler(handler.clone())
+                    .events(events.clone())
+                    .timer_grid(grid.clone());
                 if args.allow.is_empty() {
                     builder = builder.accept_any();
                 }
